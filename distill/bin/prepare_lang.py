@@ -1,0 +1,233 @@
+"""Stage 1: normalise transcripts, train the tokenizer, filter cuts; write the lang dir.
+
+    python -m distill.bin.prepare_lang --config conf/lang.yaml manifest_dir=data/manifests lang_dir=data/lang
+
+Writes ``tokens.txt words.txt lexicon.txt [bpe.model] train_text.txt train_token_ids.txt``, the
+filtered cuts (``cuts_train.jsonl.gz``, ``cuts_dev.jsonl.gz``, ``cuts_test_<part>.jsonl.gz``; the
+supervision text is normalised, the original is kept in ``custom["orig_text"]``) indexed by
+``cuts.yaml``, and ``summary.json`` with what was dropped and why.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Iterator, Literal, Optional
+
+from lhotse import CutSet
+from lhotse.utils import fastcopy
+
+from distill.config import dump_config, parse_cli, path_field
+from distill.data import report as R
+from distill.data.filters import ctc_min_frames, w2v2_num_frames
+from distill.data.manifests import read_splits_index, write_cuts_index
+from distill.data.prep_common import DataPrepError
+from distill.data.text import TextNormalizer, TextNormConfig
+from distill.data.tokenizer import Tokenizer, TokenizerError, build_char_tokenizer, train_bpe, write_lang_files
+from distill.log import setup_logging
+
+log = logging.getLogger("prepare_lang")
+
+
+@dataclasses.dataclass
+class TokenizerConfig:
+    type: Literal["bpe", "char"] = "bpe"
+    vocab_size: int = 500
+    model_type: Literal["bpe", "unigram"] = "bpe"
+    character_coverage: float = 1.0
+
+
+@dataclasses.dataclass
+class FilterConfig:
+    min_duration: float = 0.5
+    max_duration: float = 30.0
+    # drop utterances whose tokens cannot fit the W2V2 output frames as a CTC path
+    ctc_fit: bool = True
+    # check the CTC fit on audio sped up by this factor (1.1 when training uses speed perturbation)
+    max_speed_factor: float = 1.0
+    # logical splits the duration/CTC filters apply to (test sets are kept whole by default)
+    apply_to: list[str] = dataclasses.field(default_factory=lambda: ["train", "dev"])
+
+
+@dataclasses.dataclass
+class PrepareLangConfig:
+    """Stage 1: text normalisation, tokenizer, cut filtering → lang_dir."""
+
+    manifest_dir: str = path_field("data/manifests")
+    lang_dir: str = "data/lang"
+    text: TextNormConfig = dataclasses.field(default_factory=TextNormConfig)
+    tokenizer: TokenizerConfig = dataclasses.field(default_factory=TokenizerConfig)
+    filter: FilterConfig = dataclasses.field(default_factory=FilterConfig)
+    nj: int = 2
+    log_file: Optional[str] = None
+
+
+def _normalised(
+    cuts: CutSet, part: str, logical: str, norm: TextNormalizer, cfg: PrepareLangConfig, report: R.PrepReport,
+    seen: dict[str, str] | None = None,
+) -> Iterator:
+    """Cuts with normalised text that pass the text and duration rules; the rest dropped and counted.
+
+    ``seen`` (cut id → part) de-duplicates parts merged into one split (GigaSpeech subsets nest).
+    """
+    filt = cfg.filter
+    use_dur = logical in filt.apply_to
+    garbage = set(cfg.text.garbage_tags)
+    for cut in cuts:
+        if seen is not None:
+            if cut.id in seen:
+                report.drop(part, R.DUPLICATE_ID, cut.id, f"already taken from part '{seen[cut.id]}'")
+                continue
+            seen[cut.id] = part
+        sup = cut.supervisions[0]
+        text = sup.text or ""
+        orig = (sup.custom or {}).get("orig_text", text)
+        if norm.is_garbage(text):
+            report.drop(part, R.GARBAGE_ONLY, cut.id, text)
+            continue
+        new = norm(text)
+        if not new:
+            report.drop(part, R.EMPTY_AFTER_NORM, cut.id, repr(orig))
+            continue
+        if garbage and any(w in garbage for w in text.split()):
+            report.note(part, R.NOTE_TAGS_REMOVED, cut.id, text)
+        if use_dur and cut.duration < filt.min_duration:
+            report.drop(part, R.TOO_SHORT, cut.id, f"{cut.duration:.2f} s < {filt.min_duration} s")
+            continue
+        if use_dur and cut.duration > filt.max_duration:
+            report.drop(part, R.TOO_LONG, cut.id, f"{cut.duration:.2f} s > {filt.max_duration} s")
+            continue
+        custom = dict(sup.custom or {})
+        custom["orig_text"] = orig
+        yield fastcopy(cut, supervisions=[fastcopy(sup, text=new, custom=custom)])
+
+
+def _tokenised(
+    cuts: Iterator, part: str, logical: str, tok: Tokenizer, cfg: PrepareLangConfig, report: R.PrepReport
+) -> Iterator[tuple[object, list[int]]]:
+    """Cuts with their token ids; those whose tokens cannot fit a CTC path are dropped and counted."""
+    check = cfg.filter.ctc_fit and logical in cfg.filter.apply_to
+    unk_chars: Counter[str] = Counter()
+    for cut in cuts:
+        text = cut.supervisions[0].text
+        ids = tok.encode(text)
+        missing = tok.uncovered_chars(text)
+        if missing:
+            unk_chars.update(missing)
+            report.note(part, R.NOTE_UNK, cut.id, "".join(sorted(missing)))
+        if check:
+            frames = w2v2_num_frames(int(cut.num_samples / cfg.filter.max_speed_factor))
+            need = ctc_min_frames(ids)
+            if need > frames:
+                report.drop(part, R.CTC_NO_FIT, cut.id, f"{need} frames needed for {len(ids)} tokens, {frames} available")
+                continue
+        report.keep(part)
+        yield cut, ids
+    if unk_chars:
+        report.extra[part]["unk_chars"] = dict(unk_chars.most_common())
+
+
+def run(cfg: PrepareLangConfig) -> R.PrepReport:
+    t0 = time.time()
+    index = read_splits_index(cfg.manifest_dir)
+    splits: dict[str, list[str]] = index["splits"]
+    parts = index["parts"]
+    lang_dir = Path(cfg.lang_dir)
+    lang_dir.mkdir(parents=True, exist_ok=True)
+    norm = TextNormalizer(cfg.text)
+    report = R.PrepReport("prepare_lang")
+
+    # pass 1 over train: normalise + duration filter → candidates and tokenizer training text
+    text_path = lang_dir / ".tokenizer_text.txt"
+    cand_paths = {part: lang_dir / f".train_candidates_{part}.jsonl.gz" for part in splits["train"]}
+    n_cand = 0
+    seen: dict[str, str] = {}
+    with open(text_path, "w", encoding="utf-8") as tf:
+        for part in splits["train"]:
+            with CutSet.open_writer(cand_paths[part]) as w:
+                cuts = CutSet.from_jsonl_lazy(parts[part]["cuts"])
+                for cut in _normalised(cuts, part, "train", norm, cfg, report, seen):
+                    w.write(cut)
+                    tf.write(cut.supervisions[0].text + "\n")
+                    n_cand += 1
+    if n_cand == 0:
+        report.write_json(lang_dir / "summary.json")
+        report.log_summary()
+        raise DataPrepError(
+            f"no training utterance left after normalisation and duration filtering; see {lang_dir / 'summary.json'}"
+        )
+
+    if cfg.tokenizer.type == "bpe":
+        tok = train_bpe(
+            text_path, lang_dir, cfg.tokenizer.vocab_size, cfg.tokenizer.model_type,
+            cfg.tokenizer.character_coverage, cfg.nj,
+        )
+    else:
+        (lang_dir / "bpe.model").unlink(missing_ok=True)
+        (lang_dir / "bpe.vocab").unlink(missing_ok=True)
+        tok = build_char_tokenizer(text_path.read_text(encoding="utf-8").splitlines())
+    log.info("tokenizer: %s, %d tokens", tok.kind, tok.vocab_size)
+
+    # pass 2 over train: CTC fit → final train cuts, transcripts, token ids
+    words: Counter[str] = Counter()
+    with CutSet.open_writer(lang_dir / "cuts_train.jsonl.gz") as w, \
+            open(lang_dir / "train_text.txt", "w", encoding="utf-8") as ft, \
+            open(lang_dir / "train_token_ids.txt", "w", encoding="utf-8") as fi:
+        for part in splits["train"]:
+            for cut, ids in _tokenised(CutSet.from_jsonl_lazy(cand_paths[part]), part, "train", tok, cfg, report):
+                w.write(cut)
+                text = cut.supervisions[0].text
+                ft.write(text + "\n")
+                fi.write(" ".join(map(str, ids)) + "\n")
+                words.update(text.split())
+            cand_paths[part].unlink()
+    text_path.unlink()
+    if not words:
+        report.write_json(lang_dir / "summary.json")
+        report.log_summary()
+        raise DataPrepError(f"no training utterance fits the CTC length rule; see {lang_dir / 'summary.json'}")
+    write_lang_files(lang_dir, tok, words)
+
+    entries: dict[str, object] = {"train": "cuts_train.jsonl.gz"}
+    if splits.get("dev"):
+        seen = {}
+        with CutSet.open_writer(lang_dir / "cuts_dev.jsonl.gz") as w:
+            for part in splits["dev"]:
+                cuts = _normalised(CutSet.from_jsonl_lazy(parts[part]["cuts"]), part, "dev", norm, cfg, report, seen)
+                for cut, _ in _tokenised(cuts, part, "dev", tok, cfg, report):
+                    w.write(cut)
+        entries["dev"] = "cuts_dev.jsonl.gz"
+    if splits.get("test"):
+        entries["test"] = {}
+        for part in splits["test"]:
+            name = f"cuts_test_{part}.jsonl.gz"
+            with CutSet.open_writer(lang_dir / name) as w:
+                cuts = _normalised(CutSet.from_jsonl_lazy(parts[part]["cuts"]), part, "test", norm, cfg, report)
+                for cut, _ in _tokenised(cuts, part, "test", tok, cfg, report):
+                    w.write(cut)
+            entries["test"][part] = name
+    write_cuts_index(lang_dir, entries)
+    report.extra[splits["train"][0]].update(vocab_size=tok.vocab_size, num_words=len(words))
+    report.write_json(lang_dir / "summary.json")
+    dump_config(cfg, lang_dir / "prepare_lang.yaml")
+    report.log_summary()
+    log.info("stage 1 done in %.1f s: %s", time.time() - t0, lang_dir / "cuts.yaml")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_cli(PrepareLangConfig, argv, description=__doc__)
+    setup_logging(cfg.log_file or Path(cfg.lang_dir) / "prepare_lang.log")
+    try:
+        run(cfg)
+    except (DataPrepError, TokenizerError) as e:
+        log.error("error: %s", e)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

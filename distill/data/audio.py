@@ -1,0 +1,247 @@
+"""Audio probing for data preparation, and 16 kHz mono loading for training.
+
+Stage 0 must know each recording's sampling rate, channel count and length without decoding the whole
+corpus: :func:`probe_file` reads the header (``soundfile.info``) and, with ``check="tail"``, decodes a
+tenth of a second at each end, which catches truncated FLAC/Opus streams and non-audio files cheaply.
+Truncated WAV files (whose header declares more data than the file holds) are caught by reading the
+RIFF chunk sizes. ``check="full"`` decodes everything (slower, strictest). Kaldi ``cmd |`` entries are
+run once and the produced bytes decoded once (:func:`probe_command`).
+
+Problems raise :class:`AudioProblem` carrying a reason from :mod:`distill.data.report`, so the caller
+can drop and count the item instead of crashing.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Literal, TypeVar
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from distill.data import report as R
+
+log = logging.getLogger(__name__)
+
+TARGET_SR = 16000
+AudioCheck = Literal["header", "tail", "full"]
+_EDGE_SECONDS = 0.1
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """What stage 0 needs to know about one recording."""
+
+    sampling_rate: int
+    num_samples: int
+    channels: int
+
+    @property
+    def duration(self) -> float:
+        return self.num_samples / self.sampling_rate
+
+
+class AudioProblem(Exception):
+    """A recording cannot be used; ``reason`` is one of the report's reasons, ``detail`` says more."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def _wav_declared_shortfall(path: Path) -> int | None:
+    """Bytes missing from a RIFF/WAVE file's ``data`` chunk (``None`` when not a WAV or not knowable)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        hdr = f.read(12)
+        if len(hdr) < 12 or hdr[:4] != b"RIFF" or hdr[8:12] != b"WAVE":
+            return None
+        while True:
+            ch = f.read(8)
+            if len(ch) < 8:
+                return None
+            cid, csize = ch[:4], int.from_bytes(ch[4:], "little")
+            if cid == b"data":
+                # streaming writers (sox/flac to a pipe) leave a placeholder size
+                if csize in (0, 0xFFFFFFFF, 0x7FFFFFFF, 0x7FFFF000):
+                    return None
+                return max(0, csize - (size - f.tell()))
+            f.seek(csize + (csize & 1), os.SEEK_CUR)
+
+
+def _check_edges(snd: sf.SoundFile, what: str) -> None:
+    n = snd.frames
+    k = max(1, int(_EDGE_SECONDS * snd.samplerate))
+    got = len(snd.read(min(k, n), dtype="float32", always_2d=True))
+    if got < min(k, n):
+        raise AudioProblem(R.TRUNCATED_AUDIO, f"{what}: could only read {got} of the first {min(k, n)} samples")
+    try:
+        snd.seek(max(0, n - k))
+        want = n - max(0, n - k)
+        got = len(snd.read(want, dtype="float32", always_2d=True))
+    except (sf.LibsndfileError, RuntimeError) as e:
+        raise AudioProblem(
+            R.TRUNCATED_AUDIO, f"{what}: header says {n} samples but the end cannot be decoded ({e})"
+        ) from None
+    if got < want:
+        raise AudioProblem(R.TRUNCATED_AUDIO, f"{what}: header says {n} samples but the end cannot be read")
+
+
+def _count_decoded(snd: sf.SoundFile) -> int:
+    total = 0
+    for block in snd.blocks(blocksize=1 << 16, dtype="float32", always_2d=True):
+        total += len(block)
+    return total
+
+
+def probe_file(path: str | Path, check: AudioCheck = "tail") -> AudioInfo:
+    """Sampling rate, length and channels of an audio file; raises :class:`AudioProblem` when unusable."""
+    p = Path(path)
+    if not p.is_file():
+        raise AudioProblem(R.MISSING_AUDIO, f"{p} does not exist")
+    if p.stat().st_size == 0:
+        raise AudioProblem(R.EMPTY_FILE, str(p))
+    try:
+        with sf.SoundFile(str(p)) as snd:
+            sr, n, ch = snd.samplerate, snd.frames, snd.channels
+            if n <= 0:
+                raise AudioProblem(R.NO_SAMPLES, str(p))
+            if check == "tail":
+                _check_edges(snd, str(p))
+            elif check == "full":
+                got = _count_decoded(snd)
+                if got < n:
+                    raise AudioProblem(R.TRUNCATED_AUDIO, f"{p}: header says {n} samples, decoded {got}")
+    except AudioProblem:
+        raise
+    except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as e:
+        reason = R.UNREADABLE_AUDIO if "ecognised" in str(e) or "nknown format" in str(e) else R.TRUNCATED_AUDIO
+        raise AudioProblem(reason, f"{p}: {e}") from None
+    if check != "header":
+        short = _wav_declared_shortfall(p)
+        if short:
+            raise AudioProblem(R.TRUNCATED_AUDIO, f"{p}: the WAV header declares {short} more bytes than the file holds")
+    return AudioInfo(int(sr), int(n), int(ch))
+
+
+def probe_command(cmd: str, timeout: float = 600.0) -> AudioInfo:
+    """Run a Kaldi ``wav.scp`` pipe command (without the trailing ``|``) and measure what it writes."""
+    try:
+        proc = subprocess.run(cmd, shell=True, capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise AudioProblem(R.AUDIO_CMD_FAILED, f"'{cmd}' did not finish in {timeout:.0f} s") from None
+    if proc.returncode != 0:
+        err = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise AudioProblem(R.AUDIO_CMD_FAILED, f"'{cmd}' exited with {proc.returncode}: {err[-1] if err else ''}")
+    if not proc.stdout:
+        raise AudioProblem(R.NO_SAMPLES, f"'{cmd}' wrote nothing")
+    try:
+        data, sr = sf.read(io.BytesIO(proc.stdout), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, ValueError) as e:
+        raise AudioProblem(R.UNREADABLE_AUDIO, f"output of '{cmd}': {e}") from None
+    if len(data) == 0:
+        raise AudioProblem(R.NO_SAMPLES, f"'{cmd}' produced no samples")
+    return AudioInfo(int(sr), int(data.shape[0]), int(data.shape[1]))
+
+
+def probe_source(source: str, check: AudioCheck = "tail") -> AudioInfo:
+    """A path, or a Kaldi pipe ``cmd |``."""
+    s = source.strip()
+    if s.endswith("|"):
+        return probe_command(s[:-1].strip())
+    return probe_file(s, check)
+
+
+K = TypeVar("K")
+
+
+def probe_many(
+    items: Iterable[tuple[K, str]],
+    nj: int = 1,
+    check: AudioCheck = "tail",
+    progress: Callable[[Iterable], Iterable] | None = None,
+) -> dict[K, AudioInfo | AudioProblem]:
+    """Probe ``(key, source)`` pairs with ``nj`` threads (soundfile and subprocesses release the GIL)."""
+    items = list(items)
+
+    def one(src: str) -> AudioInfo | AudioProblem:
+        try:
+            return probe_source(src, check)
+        except AudioProblem as e:
+            return e
+
+    with ThreadPoolExecutor(max(1, nj)) as ex:
+        results = ex.map(one, [s for _, s in items])
+        if progress is not None:
+            results = progress(results)
+        return {k: r for (k, _), r in zip(items, results)}
+
+
+_resampling_ready = False
+
+
+def ensure_resampling_backend() -> None:
+    """Make lhotse's ``Resample`` transform usable without torchaudio.
+
+    lhotse resamples with torchaudio, else scipy, else (when selected) libsox. When neither of the
+    first two is installed we select libsox (the Debian ``sox`` package provides it).
+    """
+    global _resampling_ready
+    if _resampling_ready:
+        return
+    import importlib.util
+
+    if importlib.util.find_spec("torchaudio") is None and importlib.util.find_spec("scipy") is None:
+        from lhotse.audio.resampling_backend import set_current_resampling_backend
+        from lhotse.tools.libsox import libsox_available
+
+        if not libsox_available():
+            raise RuntimeError(
+                "audio that is not at 16 kHz needs resampling, which needs one of: scipy "
+                "(pip install scipy), torchaudio, or libsox (apt-get install sox)"
+            )
+        set_current_resampling_backend("sox")
+    _resampling_ready = True
+
+
+def _downmix(audio: np.ndarray) -> np.ndarray:
+    audio = np.asarray(audio, dtype=np.float32)
+    if audio.ndim == 2:
+        audio = audio.mean(axis=0) if audio.shape[0] > 1 else audio[0]
+    return np.ascontiguousarray(audio)
+
+
+def load_cut_audio(cut) -> np.ndarray:
+    """A cut's samples as float32 mono at the cut's sampling rate (channels are averaged).
+
+    Recordings stage 0 marked for resampling are read at their own rate, down-mixed, then resampled
+    with lhotse's pure-torch resampler: lhotse's own Resample transform needs torchaudio or scipy, and
+    its libsox fallback garbles multi-channel audio (it hands libsox strided channel views).
+    """
+    from lhotse.augmentation.torchaudio import Resample, get_or_create_resampler
+    from lhotse.utils import compute_num_samples, fastcopy
+
+    rec = getattr(cut, "recording", None)
+    tfs = list(rec.transforms or []) if rec is not None else []
+    if not tfs:
+        return _downmix(cut.load_audio())
+    if len(tfs) == 1 and isinstance(tfs[0], Resample) and hasattr(cut, "channel"):
+        src_sr, dst_sr = tfs[0].source_sampling_rate, tfs[0].target_sampling_rate
+        src_rec = fastcopy(
+            rec, transforms=None, sampling_rate=src_sr, num_samples=compute_num_samples(rec.duration, src_sr)
+        )
+        mono = _downmix(src_rec.load_audio(channels=cut.channel, offset=cut.start, duration=cut.duration))
+        out = get_or_create_resampler(src_sr, dst_sr)(torch.from_numpy(mono).unsqueeze(0))[0].numpy()
+        n = compute_num_samples(cut.duration, dst_sr)
+        if len(out) < n:
+            out = np.pad(out, (0, n - len(out)))
+        return np.ascontiguousarray(out[:n], dtype=np.float32)
+    ensure_resampling_backend()
+    return _downmix(cut.load_audio())
