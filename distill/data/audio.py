@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import os
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
@@ -218,14 +219,50 @@ def _downmix(audio: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(audio)
 
 
+def resample(x: np.ndarray, sr_in: int, sr_out: int, zeros: int = 24, rolloff: float = 0.94,
+             beta: float = 8.6) -> np.ndarray:
+    """Band-limited resampling of a 1-D signal (Kaiser-windowed sinc, ``zeros`` zero crossings each side).
+
+    Needs neither torchaudio nor scipy. Output sample n sits at input time ``n * sr_in / sr_out``; the
+    low-pass cut-off is ``rolloff`` times the lower Nyquist frequency. Polyphase: one conv1d with stride
+    ``sr_in/g`` and ``sr_out/g`` phases. The output has ``ceil(len(x) * sr_out / sr_in)`` samples.
+    """
+    if sr_in <= 0 or sr_out <= 0:
+        raise ValueError(f"sampling rates must be positive, got {sr_in} -> {sr_out}")
+    x = np.asarray(x, dtype=np.float32)
+    if sr_in == sr_out or x.size == 0:
+        return x.copy()
+    g = math.gcd(sr_in, sr_out)
+    up, down = sr_out // g, sr_in // g
+    cut = rolloff * min(1.0, up / down)  # in units of the input Nyquist frequency
+    half = int(math.ceil(zeros / cut))
+    tau = np.arange(up) * down / up
+    base = np.floor(tau).astype(np.int64)
+    width = int(base.max()) + 2 * half + 2
+    d = np.arange(width)[None, :] - half - base[:, None]  # tap offset relative to each phase's base
+    t = tau[:, None] - base[:, None] - d
+    u = np.clip(t / (half + 1), -1.0, 1.0)
+    w = np.i0(beta * np.sqrt(1.0 - u * u)) / np.i0(beta)
+    kernel = (cut * np.sinc(cut * t) * w).astype(np.float32)
+    n_out = int(math.ceil(len(x) * up / down))
+    n_steps = int(math.ceil(n_out / up))
+    need = (n_steps - 1) * down + width
+    padded = np.zeros(need + half, dtype=np.float32)
+    padded[half:half + len(x)] = x
+    with torch.no_grad():
+        y = torch.nn.functional.conv1d(torch.from_numpy(padded)[None, None], torch.from_numpy(kernel)[:, None, :],
+                                       stride=down)
+    return y[0].T.reshape(-1)[:n_out].numpy().copy()
+
+
 def load_cut_audio(cut) -> np.ndarray:
     """A cut's samples as float32 mono at the cut's sampling rate (channels are averaged).
 
     Recordings stage 0 marked for resampling are read at their own rate, down-mixed, then resampled
-    with lhotse's pure-torch resampler: lhotse's own Resample transform needs torchaudio or scipy, and
+    with :func:`resample`: lhotse's own Resample transform needs torchaudio or scipy, and
     its libsox fallback garbles multi-channel audio (it hands libsox strided channel views).
     """
-    from lhotse.augmentation.torchaudio import Resample, get_or_create_resampler
+    from lhotse.augmentation.torchaudio import Resample
     from lhotse.utils import compute_num_samples, fastcopy
 
     rec = getattr(cut, "recording", None)
@@ -238,7 +275,7 @@ def load_cut_audio(cut) -> np.ndarray:
             rec, transforms=None, sampling_rate=src_sr, num_samples=compute_num_samples(rec.duration, src_sr)
         )
         mono = _downmix(src_rec.load_audio(channels=cut.channel, offset=cut.start, duration=cut.duration))
-        out = get_or_create_resampler(src_sr, dst_sr)(torch.from_numpy(mono).unsqueeze(0))[0].numpy()
+        out = resample(mono, src_sr, dst_sr)
         n = compute_num_samples(cut.duration, dst_sr)
         if len(out) < n:
             out = np.pad(out, (0, n - len(out)))

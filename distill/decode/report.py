@@ -1,0 +1,246 @@
+"""Result reports: ``RESULTS.md`` (one table per test set), ``results.json`` and PNG plots.
+
+Input is a list of per-model result dicts::
+
+    {"name": "student-streaming-480ms", "params": 26.9e6, "size_mb": 103.0, "rtf": 0.05,
+     "latency_ms": 480, "wer": {"test-clean": 4.1, "test-other": 9.8}}
+
+``latency_ms`` is the algorithmic latency (chunk duration) of a streaming model, None for full-context
+models; ``rtf`` is measured on one CPU thread. Models named in ``expected`` without a result get a
+"not trained" row (a model without a WER on some test set: "not evaluated" there). The relative WER degradation is ``(WER - WER_teacher) / WER_teacher``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+log = logging.getLogger(__name__)
+
+__all__ = ["PAPER", "write_results", "results_markdown", "plot_wer_vs_latency", "plot_wer_vs_size",
+           "plot_training_curves", "read_train_log"]
+
+PAPER = {
+    "speedup": 8.0,
+    "size_reduction": 12.0,
+    "rel_wer_degradation_pct": (9.0, 23.4),
+    "latency_ms": 480,
+    "source": "Fu et al. 2023, DistillW2V2 (arXiv 2303.09278), abstract",
+}
+
+_FIELDS = ("name", "params", "size_mb", "rtf", "latency_ms", "wer")
+
+
+def _check(models: Sequence[Mapping[str, Any]]) -> list[dict]:
+    out = []
+    names = set()
+    for i, m in enumerate(models):
+        if "name" not in m:
+            raise ValueError(f"model result #{i} has no 'name'")
+        if m["name"] in names:
+            raise ValueError(f"model '{m['name']}' appears twice in the results")
+        names.add(m["name"])
+        wer = m.get("wer") or {}
+        if not isinstance(wer, Mapping):
+            raise ValueError(f"model '{m['name']}': 'wer' must map test sets to WER values")
+        out.append({"name": m["name"], "params": m.get("params"), "size_mb": m.get("size_mb"), "rtf": m.get("rtf"),
+                    "latency_ms": m.get("latency_ms"), "wer": {k: float(v) for k, v in wer.items()}})
+    return out
+
+
+def _fmt(v: Any, spec: str, missing: str = "-") -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return missing
+    return format(v, spec)
+
+
+def _params(n: Optional[float]) -> str:
+    if n is None:
+        return "-"
+    return f"{n / 1e6:.1f} M" if n >= 1e5 else f"{int(n):,}"
+
+
+def results_markdown(models: Sequence[Mapping[str, Any]], teacher: Optional[str] = None,
+                     expected: Sequence[str] = (), title: str = "Results") -> str:
+    """The RESULTS.md text (see the module docstring)."""
+    ms = _check(models)
+    by_name = {m["name"]: m for m in ms}
+    order = list(expected) + [m["name"] for m in ms if m["name"] not in expected]
+    teacher = teacher or (order[0] if order else None)
+    t = by_name.get(teacher) if teacher else None
+    test_sets = sorted({k for m in ms for k in m["wer"]})
+    lines = [f"# {title}", ""]
+    lines += ["RTF: decoding compute time / audio duration on 1 CPU thread. Algorithmic latency: the chunk "
+              "duration of a streaming model (full context: -). Relative WER degradation: "
+              f"(WER - WER of `{teacher}`) / WER of `{teacher}`.", ""]
+    if not test_sets:
+        lines += ["No WER results yet.", ""]
+    for ts in test_sets:
+        lines += [f"## {ts}", "",
+                  "| model | params | size MB | RTF (1 CPU thread) | algorithmic latency | WER | rel. WER degradation vs teacher |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        tw = t["wer"].get(ts) if t else None
+        for name in order:
+            m = by_name.get(name)
+            if m is None or ts not in m["wer"]:
+                lines.append(f"| {name} | {'not trained' if m is None else 'not evaluated'} | | | | | |")
+                continue
+            w = m["wer"][ts]
+            if name == teacher:
+                rel = "(teacher)"
+            elif tw:
+                rel = f"{100 * (w - tw) / tw:+.1f}%"
+            else:
+                rel = "-"
+            lat = "-" if m["latency_ms"] is None else f"{m['latency_ms']:g} ms"
+            lines.append(f"| {name} | {_params(m['params'])} | {_fmt(m['size_mb'], '.1f')} | {_fmt(m['rtf'], '.4f')} "
+                         f"| {lat} | {w:.2f} | {rel} |")
+        lines.append("")
+    lines += ["## Compared with the paper", "",
+              f"DistillW2V2 reports its final streaming student **{PAPER['speedup']:g}x faster** and "
+              f"**{PAPER['size_reduction']:g}x smaller** than the teacher, with **{PAPER['rel_wer_degradation_pct'][0]:g}"
+              f"–{PAPER['rel_wer_degradation_pct'][1]:g}% relative WER degradation at {PAPER['latency_ms']} ms** "
+              f"latency ({PAPER['source']}).", ""]
+    if t is not None:
+        lines += ["| model | speed-up vs teacher (RTF) | size reduction vs teacher | rel. WER degradation (per test set) |",
+                  "| --- | ---: | ---: | --- |"]
+        for name in order:
+            m = by_name.get(name)
+            if m is None or name == teacher:
+                continue
+            sp = t["rtf"] / m["rtf"] if t.get("rtf") and m.get("rtf") else None
+            sz = t["size_mb"] / m["size_mb"] if t.get("size_mb") and m.get("size_mb") else None
+            rels = [f"{ts} {100 * (m['wer'][ts] - t['wer'][ts]) / t['wer'][ts]:+.1f}%"
+                    for ts in test_sets if ts in m["wer"] and t["wer"].get(ts)]
+            lines.append(f"| {name} | {_fmt(sp, '.1f')}x | {_fmt(sz, '.1f')}x | {', '.join(rels) or '-'} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_results(models: Sequence[Mapping[str, Any]], out_dir: str | Path, teacher: Optional[str] = None,
+                  expected: Sequence[str] = (), train_logs: Optional[Mapping[str, str | Path]] = None,
+                  title: str = "Results") -> dict[str, Path]:
+    """Write RESULTS.md, results.json and the plots to ``out_dir``; returns the written paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ms = _check(models)
+    paths = {"markdown": out / "RESULTS.md", "json": out / "results.json"}
+    paths["markdown"].write_text(results_markdown(ms, teacher, expected, title), encoding="utf-8")
+    paths["json"].write_text(json.dumps([{k: m[k] for k in _FIELDS} for m in ms], indent=2) + "\n", encoding="utf-8")
+    for ts in sorted({k for m in ms for k in m["wer"]}):
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in ts)
+        p = plot_wer_vs_latency(ms, ts, out / f"wer_vs_latency_{safe}.png")
+        if p:
+            paths[f"wer_vs_latency_{ts}"] = p
+        p = plot_wer_vs_size(ms, ts, out / f"wer_vs_size_{safe}.png")
+        if p:
+            paths[f"wer_vs_size_{ts}"] = p
+    if train_logs:
+        p = plot_training_curves(train_logs, out / "training_curves.png")
+        if p:
+            paths["training_curves"] = p
+    return paths
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _scatter(points: list[tuple[float, float, str]], xlabel: str, title: str, path: Path, line: bool) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    ax.plot(xs, ys, "o-" if line else "o")
+    for x, y, name in points:
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("WER (%)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_wer_vs_latency(models: Sequence[Mapping[str, Any]], test_set: str, path: str | Path) -> Optional[Path]:
+    """WER against algorithmic latency for the streaming models (None when there are none)."""
+    pts = sorted((float(m["latency_ms"]), float(m["wer"][test_set]), m["name"]) for m in _check(models)
+                 if m["latency_ms"] is not None and test_set in m["wer"])
+    if not pts:
+        return None
+    return _scatter(pts, "algorithmic latency (ms)", f"WER vs latency ({test_set})", Path(path), line=True)
+
+
+def plot_wer_vs_size(models: Sequence[Mapping[str, Any]], test_set: str, path: str | Path) -> Optional[Path]:
+    """WER against model size in MB (None when no model has both)."""
+    pts = sorted((float(m["size_mb"]), float(m["wer"][test_set]), m["name"]) for m in _check(models)
+                 if m["size_mb"] is not None and test_set in m["wer"])
+    if not pts:
+        return None
+    return _scatter(pts, "model size (MB)", f"WER vs model size ({test_set})", Path(path), line=False)
+
+
+def read_train_log(path: str | Path) -> list[dict]:
+    """Records of a ``train_log.jsonl`` (one JSON object with a ``step`` per line); bad lines are
+    skipped with a warning that counts them."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"training log '{p}' does not exist")
+    recs, bad = [], 0
+    for line in p.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            bad += 1
+            continue
+        if not isinstance(r, dict) or not isinstance(r.get("step"), (int, float)):
+            bad += 1
+            continue
+        recs.append(r)
+    if bad:
+        log.warning("%s: skipped %d malformed line(s)", p, bad)
+    return recs
+
+
+def plot_training_curves(logs: Mapping[str, str | Path], path: str | Path,
+                         keys: Optional[Iterable[str]] = None) -> Optional[Path]:
+    """One panel per metric (default: every numeric key but ``step``), one line per run."""
+    runs = {name: read_train_log(p) for name, p in logs.items()}
+    if keys is None:
+        found: list[str] = []
+        for recs in runs.values():
+            for r in recs:
+                for k, v in r.items():
+                    if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool) and k not in found:
+                        found.append(k)
+        keys = found
+    keys = list(keys)
+    if not keys:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(len(keys), 1, figsize=(6, 2.6 * len(keys)), squeeze=False)
+    for ax, k in zip(axes[:, 0], keys):
+        for name, recs in runs.items():
+            pts = [(r["step"], r[k]) for r in recs if isinstance(r.get(k), (int, float))]
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], label=name, marker="." if len(pts) < 30 else None)
+        ax.set_ylabel(k)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[-1, 0].set_xlabel("step")
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
