@@ -1,1 +1,20 @@
+"""Generic training engine shared by every training stage (teacher, distillation, baselines).
 
+See ``docs/training.md``. Main entry points: :class:`Trainer`, :class:`TrainConfig`,
+:func:`average_checkpoints`, and the :mod:`distill.train.distributed` helpers.
+"""
+from .averaging import average_checkpoints, average_state_dicts
+from .checkpoint import CheckpointError, atomic_save, latest_valid_checkpoint, load_model_state
+from .config import FreezeConfig, OptimConfig, ScheduleConfig, TrainConfig
+from .lock import ExpDirLock, ExpDirLocked
+from .samplers import IndexBatchSampler, TrackedSampler
+from .schedulers import SCHEDULES, build_scheduler, register_schedule, schedule_factor
+from .trainer import FitResult, LossResult, Trainer, TrainingDiverged, build_optimizer, describe_batch
+
+__all__ = [
+    "Trainer", "TrainConfig", "OptimConfig", "ScheduleConfig", "FreezeConfig", "LossResult", "FitResult",
+    "TrainingDiverged", "build_optimizer", "describe_batch", "average_checkpoints", "average_state_dicts",
+    "CheckpointError", "atomic_save", "latest_valid_checkpoint", "load_model_state", "ExpDirLock",
+    "ExpDirLocked", "IndexBatchSampler", "TrackedSampler", "SCHEDULES", "build_scheduler",
+    "register_schedule", "schedule_factor",
+]

@@ -1,0 +1,241 @@
+"""Crash-safe checkpoint files.
+
+* :func:`atomic_save` writes to a temporary file in the target directory, fsyncs it, renames it over
+  the target with ``os.replace`` and fsyncs the directory: a reader sees the old file or the complete
+  new one, never a partial one, whatever happens to the writer (SIGKILL, power loss, ENOSPC).
+* Checkpoints hold tensors and plain Python values only, so :func:`load` uses
+  ``torch.load(weights_only=True)`` (no arbitrary unpickling). RNG states are stored as tensors/lists.
+* Full training checkpoints live in ``<exp_dir>/checkpoints/ckpt-<step>.pt``;
+  :func:`latest_valid_checkpoint` returns the newest one that loads, warning about broken ones.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import random
+import re
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import numpy as np
+import torch
+
+__all__ = ["CheckpointError", "atomic_save", "load", "checkpoint_path", "list_checkpoints",
+           "latest_valid_checkpoint", "remove_stale_temp_files", "prune_checkpoints", "rng_state",
+           "set_rng_state", "save_model_file", "load_model_state", "CKPT_FORMAT", "MODEL_FORMAT"]
+
+log = logging.getLogger(__name__)
+
+CKPT_FORMAT = "distill-train-checkpoint-v1"
+MODEL_FORMAT = "distill-model-v1"
+_CKPT_RE = re.compile(r"^ckpt-(\d+)\.pt$")
+_TMP_MARK = ".tmp-"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written or read; the message names the file and the cause."""
+
+
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on directories
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write(obj: Any, f: Any) -> None:
+    """Serialise ``obj`` into the open binary file ``f`` (separate so tests can inject failures)."""
+    torch.save(obj, f)
+
+
+def _find_os_error(e: BaseException) -> Optional[OSError]:
+    """The OSError that caused ``e`` (torch may wrap the file object's error in a RuntimeError)."""
+    seen = set()
+    cur: Optional[BaseException] = e
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, OSError):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
+def atomic_save(obj: Any, path: str | Path) -> Path:
+    """Write ``obj`` to ``path`` atomically (temp file + fsync + ``os.replace`` + directory fsync).
+
+    On any failure the temporary file is removed, an existing ``path`` is left untouched and a
+    :class:`CheckpointError` names the file and the cause (a full disk is said so plainly).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}{_TMP_MARK}{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            _write(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        oe = _find_os_error(e)
+        if oe is None:
+            raise
+        what = "no space left on device" if oe.errno == errno.ENOSPC else (oe.strerror or str(oe))
+        prev = "the previous file is intact" if path.exists() else "no previous file existed"
+        raise CheckpointError(f"could not write '{path}': {what} ({prev}; nothing partial was "
+                              "left behind)") from e
+    _fsync_dir(path.parent)
+    return path
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint/model file with ``weights_only=True``; :class:`CheckpointError` if unreadable."""
+    path = Path(path)
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint '{path}' does not exist") from None
+    except Exception as e:  # truncated zip, bad pickle, disallowed global ...
+        raise CheckpointError(f"checkpoint '{path}' is unreadable (truncated or corrupt?): "
+                              f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"checkpoint '{path}' does not hold a dict (got {type(obj).__name__})")
+    return obj
+
+
+def checkpoint_path(ckpt_dir: str | Path, step: int) -> Path:
+    return Path(ckpt_dir) / f"ckpt-{step:08d}.pt"
+
+
+def list_checkpoints(ckpt_dir: str | Path) -> list[tuple[int, Path]]:
+    """``(step, path)`` of the full checkpoints in ``ckpt_dir``, oldest first (temp files ignored)."""
+    d = Path(ckpt_dir)
+    if not d.is_dir():
+        return []
+    out = []
+    for p in d.iterdir():
+        m = _CKPT_RE.match(p.name)
+        if m and p.is_file():
+            out.append((int(m.group(1)), p))
+    return sorted(out)
+
+
+def remove_stale_temp_files(directory: str | Path) -> list[Path]:
+    """Delete temporary files left by interrupted writes (they are never valid checkpoints)."""
+    d = Path(directory)
+    removed = []
+    if d.is_dir():
+        for p in d.iterdir():
+            if _TMP_MARK in p.name and p.name.startswith("."):
+                try:
+                    p.unlink()
+                    removed.append(p)
+                except OSError as e:
+                    log.warning("could not remove stale temporary file %s: %s", p, e)
+    for p in removed:
+        log.warning("removed %s left by an interrupted checkpoint write", p)
+    return removed
+
+
+def latest_valid_checkpoint(ckpt_dir: str | Path) -> Optional[tuple[Path, dict]]:
+    """The newest checkpoint that loads and has the expected format, with its content.
+
+    Broken ones (truncated, corrupt, foreign) are skipped with a warning naming them; they are not
+    deleted, so that a person can look at them.
+    """
+    for step, p in reversed(list_checkpoints(ckpt_dir)):
+        try:
+            obj = load(p)
+        except CheckpointError as e:
+            log.warning("skipping %s; falling back to an older checkpoint", e)
+            continue
+        if obj.get("format") != CKPT_FORMAT:
+            log.warning("skipping '%s': not a training checkpoint (format=%r); falling back to an "
+                        "older checkpoint", p, obj.get("format"))
+            continue
+        return p, obj
+    return None
+
+
+def prune_checkpoints(ckpt_dir: str | Path, keep_last: int) -> list[Path]:
+    """Delete all but the newest ``keep_last`` full checkpoints; returns the deleted paths."""
+    ckpts = list_checkpoints(ckpt_dir)
+    doomed = [p for _, p in ckpts[:-keep_last]] if keep_last > 0 else []
+    for p in doomed:
+        try:
+            p.unlink()
+        except OSError as e:
+            log.warning("could not delete old checkpoint %s: %s", p, e)
+    return doomed
+
+
+def rng_state() -> dict:
+    """Python, NumPy, torch CPU and CUDA generator states as tensors / plain lists."""
+    py = random.getstate()
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
+                  int(np_state[3]), float(np_state[4])],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured."""
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    npst = state["numpy"]
+    np.random.set_state((npst[0], npst[1].numpy().astype(np.uint32), npst[2], npst[3], npst[4]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        cuda = state["cuda"]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+        else:
+            log.warning("checkpoint has %d CUDA RNG states but %d devices are visible; CUDA RNG not "
+                        "restored", len(cuda), torch.cuda.device_count())
+
+
+def filter_state(state: Mapping[str, torch.Tensor], exclude: tuple[str, ...] = (),
+                 prefix: str = "") -> dict[str, torch.Tensor]:
+    """Keys not starting with any ``exclude`` prefix; when ``prefix`` is set, only keys under it, stripped."""
+    out = {}
+    for k, v in state.items():
+        if exclude and k.startswith(exclude):
+            continue
+        if prefix:
+            if not k.startswith(prefix):
+                continue
+            k = k[len(prefix):]
+        out[k] = v
+    return out
+
+
+def save_model_file(state: Mapping[str, torch.Tensor], path: str | Path, **meta: Any) -> Path:
+    """Write a model file: ``{"format", "model": state_dict, **meta}`` (meta: plain values only)."""
+    obj = {"format": MODEL_FORMAT, "model": {k: v.detach().cpu() for k, v in state.items()}}
+    obj.update(meta)
+    return atomic_save(obj, path)
+
+
+def load_model_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """The model ``state_dict`` held by a model file or a full training checkpoint."""
+    obj = load(path)
+    if obj.get("format") not in (MODEL_FORMAT, CKPT_FORMAT) or "model" not in obj:
+        raise CheckpointError(f"'{path}' is neither a distill model file nor a training checkpoint "
+                              f"(format={obj.get('format')!r})")
+    return obj["model"]
