@@ -1,7 +1,6 @@
 """Shared pytest fixtures and markers."""
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 

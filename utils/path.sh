@@ -1,6 +1,6 @@
 # Shared environment set-up, sourced by each recipe's path.sh: activates the project's Python
 # environment (running tools/install.sh first when it does not exist yet).
-DISTILL_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+DISTILL_ROOT=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd)
 export DISTILL_ROOT
 if [ -z "${VIRTUAL_ENV:-}" ] && [ -z "${CONDA_PREFIX:-}" ]; then
   if [ ! -x "$DISTILL_ROOT/.venv/bin/python" ] || ! "$DISTILL_ROOT/.venv/bin/python" -c "import distill" 2>/dev/null; then
