@@ -51,3 +51,13 @@ stage_unavailable() {
   log "Stage $1 ($2) is not implemented yet in this version of distillw2v2; run with --stop-stage $(( $1 - 1 ))"
   exit 3
 }
+
+# launch MODULE ARGS...: `python -m MODULE ARGS...`, or under torchrun with $nproc processes on this
+# node when nproc > 1 (several nodes: run torchrun yourself, see the README).
+launch() {
+  if [ "${nproc:-1}" -gt 1 ]; then
+    torchrun --standalone --nproc-per-node "$nproc" -m "$@"
+  else
+    python -m "$@"
+  fi
+}

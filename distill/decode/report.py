@@ -45,15 +45,26 @@ def _check(models: Sequence[Mapping[str, Any]]) -> list[dict]:
         wer = m.get("wer") or {}
         if not isinstance(wer, Mapping):
             raise ValueError(f"model '{m['name']}': 'wer' must map test sets to WER values")
-        out.append({"name": m["name"], "params": m.get("params"), "size_mb": m.get("size_mb"), "rtf": m.get("rtf"),
-                    "latency_ms": m.get("latency_ms"), "wer": {k: float(v) for k, v in wer.items()}})
+        row = {"name": m["name"], "params": m.get("params"), "size_mb": m.get("size_mb"), "rtf": m.get("rtf"),
+               "latency_ms": m.get("latency_ms"), "wer": {k: float(v) for k, v in wer.items()}}
+        row.update({k: v for k, v in m.items() if k not in row})  # extra fields go to results.json as given
+        out.append(row)
     return out
+
+
+def _not_trained(m: Optional[Mapping[str, Any]]) -> bool:
+    return m is None or m.get("status") == "not trained"
 
 
 def _fmt(v: Any, spec: str, missing: str = "-") -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return missing
     return format(v, spec)
+
+
+def _size(mb: Optional[float]) -> str:
+    """MB with one decimal; three below 1 MB (tiny test models would all read 0.0)."""
+    return _fmt(mb, ".1f" if mb is None or mb >= 1 else ".3f")
 
 
 def _params(n: Optional[float]) -> str:
@@ -63,8 +74,11 @@ def _params(n: Optional[float]) -> str:
 
 
 def results_markdown(models: Sequence[Mapping[str, Any]], teacher: Optional[str] = None,
-                     expected: Sequence[str] = (), title: str = "Results") -> str:
-    """The RESULTS.md text (see the module docstring)."""
+                     expected: Sequence[str] = (), title: str = "Results", appendix: str = "") -> str:
+    """The RESULTS.md text (see the module docstring); ``appendix`` (Markdown) is added at the end.
+
+    A result with ``"status": "not trained"`` gets a "not trained" row, like a name of ``expected``
+    without a result."""
     ms = _check(models)
     by_name = {m["name"]: m for m in ms}
     order = list(expected) + [m["name"] for m in ms if m["name"] not in expected]
@@ -72,7 +86,7 @@ def results_markdown(models: Sequence[Mapping[str, Any]], teacher: Optional[str]
     t = by_name.get(teacher) if teacher else None
     test_sets = sorted({k for m in ms for k in m["wer"]})
     lines = [f"# {title}", ""]
-    lines += ["RTF: decoding compute time / audio duration on 1 CPU thread. Algorithmic latency: the chunk "
+    lines += ["RTF: compute time / audio duration on 1 CPU thread (see the set-up notes, if any). Algorithmic latency: the chunk "
               "duration of a streaming model (full context: -). Relative WER degradation: "
               f"(WER - WER of `{teacher}`) / WER of `{teacher}`.", ""]
     if not test_sets:
@@ -84,8 +98,8 @@ def results_markdown(models: Sequence[Mapping[str, Any]], teacher: Optional[str]
         tw = t["wer"].get(ts) if t else None
         for name in order:
             m = by_name.get(name)
-            if m is None or ts not in m["wer"]:
-                lines.append(f"| {name} | {'not trained' if m is None else 'not evaluated'} | | | | | |")
+            if _not_trained(m) or ts not in m["wer"]:
+                lines.append(f"| {name} | {'not trained' if _not_trained(m) else 'not evaluated'} | | | | | |")
                 continue
             w = m["wer"][ts]
             if name == teacher:
@@ -95,7 +109,7 @@ def results_markdown(models: Sequence[Mapping[str, Any]], teacher: Optional[str]
             else:
                 rel = "-"
             lat = "-" if m["latency_ms"] is None else f"{m['latency_ms']:g} ms"
-            lines.append(f"| {name} | {_params(m['params'])} | {_fmt(m['size_mb'], '.1f')} | {_fmt(m['rtf'], '.4f')} "
+            lines.append(f"| {name} | {_params(m['params'])} | {_size(m['size_mb'])} | {_fmt(m['rtf'], '.4f')} "
                          f"| {lat} | {w:.2f} | {rel} |")
         lines.append("")
     lines += ["## Compared with the paper", "",
@@ -108,7 +122,7 @@ def results_markdown(models: Sequence[Mapping[str, Any]], teacher: Optional[str]
                   "| --- | ---: | ---: | --- |"]
         for name in order:
             m = by_name.get(name)
-            if m is None or name == teacher:
+            if _not_trained(m) or name == teacher:
                 continue
             sp = t["rtf"] / m["rtf"] if t.get("rtf") and m.get("rtf") else None
             sz = t["size_mb"] / m["size_mb"] if t.get("size_mb") and m.get("size_mb") else None
@@ -116,19 +130,25 @@ def results_markdown(models: Sequence[Mapping[str, Any]], teacher: Optional[str]
                     for ts in test_sets if ts in m["wer"] and t["wer"].get(ts)]
             lines.append(f"| {name} | {_fmt(sp, '.1f')}x | {_fmt(sz, '.1f')}x | {', '.join(rels) or '-'} |")
         lines.append("")
+    if appendix:
+        lines += [appendix.rstrip("\n"), ""]
     return "\n".join(lines)
 
 
 def write_results(models: Sequence[Mapping[str, Any]], out_dir: str | Path, teacher: Optional[str] = None,
-                  expected: Sequence[str] = (), train_logs: Optional[Mapping[str, str | Path]] = None,
-                  title: str = "Results") -> dict[str, Path]:
-    """Write RESULTS.md, results.json and the plots to ``out_dir``; returns the written paths."""
+                  expected: Sequence[str] = (), train_logs: Optional[Mapping[str, Any]] = None,
+                  title: str = "Results", appendix: str = "",
+                  curve_keys: Optional[Iterable[str]] = None) -> dict[str, Path]:
+    """Write RESULTS.md, results.json and the plots to ``out_dir``; returns the written paths.
+
+    results.json holds :data:`_FIELDS` of each model, then any extra fields of its result dict.
+    ``train_logs`` / ``curve_keys``: see :func:`plot_training_curves`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ms = _check(models)
     paths = {"markdown": out / "RESULTS.md", "json": out / "results.json"}
-    paths["markdown"].write_text(results_markdown(ms, teacher, expected, title), encoding="utf-8")
-    paths["json"].write_text(json.dumps([{k: m[k] for k in _FIELDS} for m in ms], indent=2) + "\n", encoding="utf-8")
+    paths["markdown"].write_text(results_markdown(ms, teacher, expected, title, appendix), encoding="utf-8")
+    paths["json"].write_text(json.dumps(ms, indent=2) + "\n", encoding="utf-8")
     for ts in sorted({k for m in ms for k in m["wer"]}):
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in ts)
         p = plot_wer_vs_latency(ms, ts, out / f"wer_vs_latency_{safe}.png")
@@ -138,7 +158,7 @@ def write_results(models: Sequence[Mapping[str, Any]], out_dir: str | Path, teac
         if p:
             paths[f"wer_vs_size_{ts}"] = p
     if train_logs:
-        p = plot_training_curves(train_logs, out / "training_curves.png")
+        p = plot_training_curves(train_logs, out / "training_curves.png", curve_keys)
         if p:
             paths["training_curves"] = p
     return paths
@@ -213,10 +233,12 @@ def read_train_log(path: str | Path) -> list[dict]:
     return recs
 
 
-def plot_training_curves(logs: Mapping[str, str | Path], path: str | Path,
+def plot_training_curves(logs: Mapping[str, Any], path: str | Path,
                          keys: Optional[Iterable[str]] = None) -> Optional[Path]:
-    """One panel per metric (default: every numeric key but ``step``), one line per run."""
-    runs = {name: read_train_log(p) for name, p in logs.items()}
+    """One panel per metric (default: every numeric key but ``step``), one line per run.
+
+    ``logs`` maps a run name to its ``train_log.jsonl`` path or to a list of records already read."""
+    runs = {name: list(p) if isinstance(p, (list, tuple)) else read_train_log(p) for name, p in logs.items()}
     if keys is None:
         found: list[str] = []
         for recs in runs.values():

@@ -17,6 +17,10 @@ conf_dir=conf          # directory of the stage configs
 corpus_dir=download    # directory holding LibriSpeech/ (or the LibriSpeech directory itself)
 download=false         # download the parts with lhotse first (needs internet)
 parts=                 # space-separated parts; empty = those in conf/data.yaml
+nproc=1                # processes (GPUs) per node for training; > 1 runs torchrun
+stage1_configs="stage1 stage1_labels_only stage1_frame_kl"   # stage 4: student and baselines
+stage2_configs="stage2 stage2_labels_only"                   # stage 5: streaming student and baseline
+teacher_model=         # a wav2vec 2.0 checkpoint: Hugging Face directory or fairseq .pt (default: conf/teacher.yaml)
 
 help_message="Usage: $0 [options]   (DistillW2V2 on LibriSpeech)"
 . utils/parse_options.sh
@@ -37,9 +41,40 @@ if [ $stage -le 1 ] && [ $stop_stage -ge 1 ] && stage_begin 1 "lang" data/lang "
   stage_end
 fi
 
-if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then stage_unavailable 2 "denominator graph"; fi
-if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then stage_unavailable 3 "teacher"; fi
-if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then stage_unavailable 4 "stage-1 distillation"; fi
-if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then stage_unavailable 5 "stage-2 distillation"; fi
-if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then stage_unavailable 6 "decode and score"; fi
+if [ $stage -le 2 ] && [ $stop_stage -ge 2 ] && stage_begin 2 "denominator graph" data/lang "$conf_dir/den.yaml" data/lang/.done.stage1; then
+  python -m distill.bin.build_den_graph --config "$conf_dir/den.yaml" lang_dir=data/lang
+  stage_end
+fi
+
+if [ $stage -le 3 ] && [ $stop_stage -ge 3 ] && stage_begin 3 "teacher" exp/teacher "$conf_dir/teacher.yaml" data/lang/.done.stage2 "$teacher_model"; then
+  teacher_override=()
+  if [ -n "$teacher_model" ]; then teacher_override=("model.path=$teacher_model"); fi
+  launch distill.bin.train --config "$conf_dir/teacher.yaml" device="$device" "${teacher_override[@]}"
+  stage_end
+fi
+
+if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
+  for c in $stage1_configs; do   # the DistillW2V2 student, then the baselines (labels only, frame KL, ...)
+    if stage_begin 4 "stage-1 distillation: $c" "exp/$c" "$conf_dir/$c.yaml" exp/teacher/.done.stage3; then
+      launch distill.bin.train --config "$conf_dir/$c.yaml" device="$device"
+      stage_end
+    fi
+  done
+fi
+
+if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
+  for c in $stage2_configs; do   # the streaming student (from exp/stage1), then its labels-only baseline
+    if stage_begin 5 "stage-2 (streaming) distillation: $c" "exp/$c" "$conf_dir/$c.yaml" exp/stage1/.done.stage4; then
+      launch distill.bin.train --config "$conf_dir/$c.yaml" device="$device"
+      stage_end
+    fi
+  done
+fi
+
+if [ $stage -le 6 ] && [ $stop_stage -ge 6 ] && stage_begin 6 "decode + score" exp/decode \
+    "$conf_dir/decode_graph.yaml" "$conf_dir/decode.yaml" exp/*/.done.stage[345]; then
+  python -m distill.bin.build_decode_graph --config "$conf_dir/decode_graph.yaml" lang_dir=data/lang out_dir=data/lang_test
+  python -m distill.bin.decode --config "$conf_dir/decode.yaml" device="$device" nj="$nj"
+  stage_end
+fi
 log "done (stages $stage..$stop_stage)"
