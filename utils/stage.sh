@@ -61,3 +61,9 @@ launch() {
     python -m "$@"
   fi
 }
+
+# conf NAME: the config file of a step, $conf_dir/NAME.yaml when that exists, else conf/NAME.yaml
+# (so a small conf dir such as conf/tiny only holds the files it changes).
+conf() {
+  if [ -f "${conf_dir:-conf}/$1.yaml" ]; then echo "${conf_dir:-conf}/$1.yaml"; else echo "conf/$1.yaml"; fi
+}

@@ -13,7 +13,7 @@ stop_stage=6
 force=false            # redo stages even when their done-marker is there
 nj=4                   # parallel jobs for data preparation
 device=cpu             # cpu or cuda
-conf_dir=conf          # directory of the stage configs
+conf_dir=conf          # directory of the stage configs; files missing there come from conf/ (conf/tiny: CI-sized)
 corpus_dir=download    # directory holding LibriSpeech/ (or the LibriSpeech directory itself)
 download=false         # download the parts with lhotse first (needs internet)
 parts=                 # space-separated parts; empty = those in conf/data.yaml
@@ -30,33 +30,33 @@ help_message="Usage: $0 [options]   (DistillW2V2 on LibriSpeech)"
 part_override=()
 if [ -n "$parts" ]; then part_override=("parts=[$(echo $parts | tr ' ' ',')]"); fi
 
-if [ $stage -le 0 ] && [ $stop_stage -ge 0 ] && stage_begin 0 "data" data/manifests "$conf_dir/data.yaml" "$corpus_dir" "$parts"; then
-  python -m distill.bin.prepare_manifests --config "$conf_dir/data.yaml" \
+if [ $stage -le 0 ] && [ $stop_stage -ge 0 ] && stage_begin 0 "data" data/manifests "$(conf data)" "$corpus_dir" "$parts"; then
+  python -m distill.bin.prepare_manifests --config "$(conf data)" \
     corpus_dir="$corpus_dir" out_dir=data/manifests nj="$nj" download="$download" "${part_override[@]}"
   stage_end
 fi
 
-if [ $stage -le 1 ] && [ $stop_stage -ge 1 ] && stage_begin 1 "lang" data/lang "$conf_dir/lang.yaml" data/manifests/.done.stage0; then
-  python -m distill.bin.prepare_lang --config "$conf_dir/lang.yaml" manifest_dir=data/manifests lang_dir=data/lang
+if [ $stage -le 1 ] && [ $stop_stage -ge 1 ] && stage_begin 1 "lang" data/lang "$(conf lang)" data/manifests/.done.stage0; then
+  python -m distill.bin.prepare_lang --config "$(conf lang)" manifest_dir=data/manifests lang_dir=data/lang
   stage_end
 fi
 
-if [ $stage -le 2 ] && [ $stop_stage -ge 2 ] && stage_begin 2 "denominator graph" data/lang "$conf_dir/den.yaml" data/lang/.done.stage1; then
-  python -m distill.bin.build_den_graph --config "$conf_dir/den.yaml" lang_dir=data/lang
+if [ $stage -le 2 ] && [ $stop_stage -ge 2 ] && stage_begin 2 "denominator graph" data/lang "$(conf den)" data/lang/.done.stage1; then
+  python -m distill.bin.build_den_graph --config "$(conf den)" lang_dir=data/lang
   stage_end
 fi
 
-if [ $stage -le 3 ] && [ $stop_stage -ge 3 ] && stage_begin 3 "teacher" exp/teacher "$conf_dir/teacher.yaml" data/lang/.done.stage2 "$teacher_model"; then
+if [ $stage -le 3 ] && [ $stop_stage -ge 3 ] && stage_begin 3 "teacher" exp/teacher "$(conf teacher)" data/lang/.done.stage2 "$teacher_model"; then
   teacher_override=()
   if [ -n "$teacher_model" ]; then teacher_override=("model.path=$teacher_model"); fi
-  launch distill.bin.train --config "$conf_dir/teacher.yaml" device="$device" "${teacher_override[@]}"
+  launch distill.bin.train --config "$(conf teacher)" device="$device" "${teacher_override[@]}"
   stage_end
 fi
 
 if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
   for c in $stage1_configs; do   # the DistillW2V2 student, then the baselines (labels only, frame KL, ...)
-    if stage_begin 4 "stage-1 distillation: $c" "exp/$c" "$conf_dir/$c.yaml" exp/teacher/.done.stage3; then
-      launch distill.bin.train --config "$conf_dir/$c.yaml" device="$device"
+    if stage_begin 4 "stage-1 distillation: $c" "exp/$c" "$(conf "$c")" exp/teacher/.done.stage3; then
+      launch distill.bin.train --config "$(conf "$c")" device="$device"
       stage_end
     fi
   done
@@ -64,17 +64,17 @@ fi
 
 if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
   for c in $stage2_configs; do   # the streaming student (from exp/stage1), then its labels-only baseline
-    if stage_begin 5 "stage-2 (streaming) distillation: $c" "exp/$c" "$conf_dir/$c.yaml" exp/stage1/.done.stage4; then
-      launch distill.bin.train --config "$conf_dir/$c.yaml" device="$device"
+    if stage_begin 5 "stage-2 (streaming) distillation: $c" "exp/$c" "$(conf "$c")" exp/stage1/.done.stage4; then
+      launch distill.bin.train --config "$(conf "$c")" device="$device"
       stage_end
     fi
   done
 fi
 
 if [ $stage -le 6 ] && [ $stop_stage -ge 6 ] && stage_begin 6 "decode + score" exp/decode \
-    "$conf_dir/decode_graph.yaml" "$conf_dir/decode.yaml" exp/*/.done.stage[345]; then
-  python -m distill.bin.build_decode_graph --config "$conf_dir/decode_graph.yaml" lang_dir=data/lang out_dir=data/lang_test
-  python -m distill.bin.decode --config "$conf_dir/decode.yaml" device="$device" nj="$nj"
+    "$(conf decode_graph)" "$(conf decode)" exp/*/.done.stage[345]; then
+  python -m distill.bin.build_decode_graph --config "$(conf decode_graph)" lang_dir=data/lang out_dir=data/lang_test
+  python -m distill.bin.decode --config "$(conf decode)" device="$device" nj="$nj"
   stage_end
 fi
 log "done (stages $stage..$stop_stage)"
