@@ -1,4 +1,4 @@
-"""Recipe stages 0-1 of all three recipes, run through their run.sh on the tiny demo corpus in its three
+"""Recipe stages 0-2 of all three recipes, run through their run.sh on the tiny demo corpus in its three
 layouts (Kaldi dirs, LibriSpeech tree, GigaSpeech release)."""
 from __future__ import annotations
 
@@ -62,6 +62,12 @@ def check_outputs(d: Path, splits: dict[str, int]) -> None:
     assert tokens[0] == ["<blk>", "0"]
     summary = json.loads((lang / "summary.json").read_text())
     assert summary, "stage 1 summary is empty"
+    # stage 2: the denominator graph and the token LM it came from
+    assert (lang / "P.arpa").is_file() and (lang / "den.pt").is_file()
+    from distill.graph import Fsa
+
+    den = Fsa.load(lang / "den.pt")
+    assert int(den.label.max()) == len(tokens) - 1 and int(den.label.min()) >= 0
     n_train = len((lang / "train_text.txt").read_text().splitlines())
     assert n_train == len((lang / "train_token_ids.txt").read_text().splitlines())
     assert n_train >= splits["train"] * 0.8
@@ -73,18 +79,18 @@ def corpus_counts(corpus: Path) -> dict[str, int]:
 
 def test_inhouse_kaldi_dirs(tmp_path, corpus):
     d = recipe_copy(tmp_path, "inhouse")
-    r = run_recipe(d, "--stop-stage", "1", "--corpus-dir", str(corpus / "kaldi"))
+    r = run_recipe(d, "--stop-stage", "2", "--corpus-dir", str(corpus / "kaldi"))
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "Stage 0 (data): started" in r.stderr and "Stage 1 (lang): finished" in r.stderr
+    assert "Stage 0 (data): started" in r.stderr and "Stage 2 (denominator graph): finished" in r.stderr
     check_outputs(d, corpus_counts(corpus))
     # a second run skips both stages; a later stage that does not exist yet fails clearly
-    r = run_recipe(d, "--stop-stage", "1", "--corpus-dir", str(corpus / "kaldi"))
-    assert r.returncode == 0 and r.stderr.count("already done") == 2
+    r = run_recipe(d, "--stop-stage", "2", "--corpus-dir", str(corpus / "kaldi"))
+    assert r.returncode == 0 and r.stderr.count("already done") == 3
 
 
 def test_librispeech_tree(tmp_path, corpus):
     d = recipe_copy(tmp_path, "librispeech")
-    r = run_recipe(d, "--stop-stage", "1", "--corpus-dir", str(corpus), "--parts",
+    r = run_recipe(d, "--stop-stage", "2", "--corpus-dir", str(corpus), "--parts",
                    "train-clean-100 dev-clean test-clean")
     assert r.returncode == 0, r.stderr[-3000:]
     check_outputs(d, corpus_counts(corpus))
@@ -100,7 +106,7 @@ def test_librispeech_tree(tmp_path, corpus):
 
 def test_gigaspeech_release(tmp_path, corpus):
     d = recipe_copy(tmp_path, "gigaspeech")
-    r = run_recipe(d, "--stop-stage", "1", "--corpus-dir", str(corpus / "GigaSpeech"), "--subsets", "XS DEV TEST")
+    r = run_recipe(d, "--stop-stage", "2", "--corpus-dir", str(corpus / "GigaSpeech"), "--subsets", "XS DEV TEST")
     assert r.returncode == 0, r.stderr[-3000:]
     check_outputs(d, corpus_counts(corpus))
     summary = json.loads((d / "data" / "manifests" / "summary.json").read_text())
@@ -112,7 +118,7 @@ def test_gigaspeech_release(tmp_path, corpus):
 def test_inhouse_demo_default_path(tmp_path):
     """Without --corpus-dir the inhouse recipe generates the demo corpus itself."""
     d = recipe_copy(tmp_path, "inhouse")
-    r = run_recipe(d, "--stop-stage", "1", "--demo-size", "tiny")
+    r = run_recipe(d, "--stop-stage", "2", "--demo-size", "tiny")
     assert r.returncode == 0, r.stderr[-3000:]
     assert (d / "download" / "demo" / "kaldi" / "train" / "wav.scp").is_file()
     check_outputs(d, corpus_counts(d / "download" / "demo"))
