@@ -7,7 +7,7 @@ import torch
 
 pytest.importorskip("onnxruntime")
 
-from distill.models import W2V2Config, build_model  # noqa: E402
+from distill.models import build_model  # noqa: E402
 from distill.models.export import (  # noqa: E402
     OnnxStreamingStep,
     export_onnx,
@@ -18,33 +18,7 @@ from distill.models.export import (  # noqa: E402
     run_onnx,
 )
 from distill.models.streaming import StreamingRecognizer, StreamingStep, compute_fbank_knf  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def tiny(**kw) -> W2V2Config:
-    base = dict(
-        vocab_size=7,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=48,
-        conv_dim=(16,) * 7,
-        num_conv_pos_embeddings=16,
-        num_conv_pos_embedding_groups=4,
-        feat_extract_norm="layer",
-        conv_bias=True,
-        do_stable_layer_norm=True,
-        fbank_channels=8,
-    )
-    base.update(kw)
-    return W2V2Config(**base)
+from model_fixtures import tiny  # noqa: E402
 
 
 @pytest.mark.parametrize(

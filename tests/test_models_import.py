@@ -26,15 +26,6 @@ from distill.models.checkpoint import (  # noqa: E402
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster (and far more steadily on a busy machine) on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def hf_tiny(stable: bool, vocab: int = 11) -> Wav2Vec2ForCTC:
     cfg = Wav2Vec2Config(
         vocab_size=vocab,

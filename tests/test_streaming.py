@@ -5,41 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from distill.models import W2V2Config, build_model
+from distill.models import build_model
 from distill.models.streaming import (
     StreamingRecognizer,
     chunk_attention_mask,
     compute_fbank_knf,
     streaming_model,
 )
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster (and far more steadily on a busy machine) on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def tiny(**kw) -> W2V2Config:
-    base = dict(
-        vocab_size=7,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=48,
-        conv_dim=(16,) * 7,
-        num_conv_pos_embeddings=16,
-        num_conv_pos_embedding_groups=4,
-        feat_extract_norm="layer",
-        conv_bias=True,
-        do_stable_layer_norm=True,
-        fbank_channels=8,
-    )
-    base.update(kw)
-    return W2V2Config(**base)
+from model_fixtures import tiny
 
 
 def test_chunk_attention_mask_matches_definition():
