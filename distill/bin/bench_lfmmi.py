@@ -163,7 +163,7 @@ def bench_vocab(v: int, args: argparse.Namespace, device: torch.device, student_
     t_kd = timed(kd, device, args.repeats)
     t_num = timed(numerator_only, device, args.repeats)
     # the CPU profiler keeps every allocation event: too much for the V^2-arc graphs of large V
-    mem = peak_bytes(lfmmi, device) if device.type == "cuda" or g.num_states <= 4096 else -1
+    mem = peak_bytes(lfmmi, device) if device.type == "cuda" or g.mode != "dense" or g.num_states <= 4096 else -1
     score_bytes = scores.numel() * scores.element_size()
     res = {
         "V": v, "states": den.num_states, "arcs": den.num_arcs, "graph_build_s": t_graph, "method": method,

@@ -5,13 +5,19 @@ Design (docs/lfmmi.md has the long version):
 * **State-labelled graph.** The `Fsa` is rewritten so that every state has one emission label: a new
   state is a distinct (destination, label) pair of the arcs. For CTC-topology graphs (arcs into CTC
   state k carry k) this is the identity. Then one frame is
-  ``alpha_t = (alpha_{t-1} @ M) * e_t[label]``: a fixed transition matrix M (dense for the usual
-  den graphs, CSR sparse otherwise) and a gather of per-frame emissions: a few large tensor ops.
-* **Probability space with per-frame rescaling**, in float64 by default: emissions are
-  ``exp(x_t - max_k x_t[k])``, graph weights ``exp(w - max w)``, and alpha is renormalised to sum 1
-  per utterance after every frame; the logs of the normalisers and shifts give the exact log score.
-  Arc weights more than ~700 nats below the graph's largest, and per-frame score differences beyond
-  ~700 nats, underflow to zero probability (float64).
+  ``alpha_t = (alpha_{t-1} @ M) * e_t[label]``: a fixed transition matrix M and a gather of per-frame
+  emissions: a few large tensor ops. M is dense (one GEMM; BPE-500 den graphs), CSR sparse, or, for
+  large back-off den graphs, *rank one + sparse* (``rank_one_plus_sparse``: the back-off path makes
+  the token columns ``bow(history) x p_unigram(token)`` except for the listed n-grams), which costs
+  O(#n-grams + S) per frame instead of O(S^2).
+* **Denominator in probability space with per-frame rescaling** (float32 for float32 scores, float64
+  for float64 scores or the factored form): emissions are ``exp(x_t - max_k x_t[k])``, graph weights
+  ``exp(w - max w)``, and alpha is renormalised to sum 1 per utterance after every frame; the logs of
+  the normalisers and shifts give the exact log score. Arc weights more than ~700 nats below the
+  graph's largest count as absent.
+* **Numerators in log space** (float64, segment logsumexp): they constrain the future, so prefixes far
+  below the best one at frame t may own the posterior later (probability space lost ~1600 nats on a
+  peaky 3000-frame test). States that cannot reach a final state in the frames left are masked.
 * **Backward by a beta pass**, not an autograd tape: ``beta_{t-1} = M (e_t * beta_t) / c_t``;
   occupancy ``gamma_t = alpha_t * beta_t`` summed per label is the gradient of the log score. To bound
   memory alpha is kept only every K frames and recomputed segment by segment in the backward pass.
@@ -61,15 +67,27 @@ def frames_to_final(n: int, src: torch.Tensor, dst: torch.Tensor, final: torch.T
     return dist
 
 
+def _segment_median(values: torch.Tensor, index: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(median of values per segment (0 where empty), non-empty mask)."""
+    order = torch.argsort(values)
+    order = order[torch.argsort(index[order], stable=True)]  # by segment, then by value
+    cnt = torch.bincount(index, minlength=n)
+    start = torch.cumsum(cnt, 0) - cnt
+    out = torch.zeros(n, dtype=values.dtype)
+    has = cnt > 0
+    out[has] = values[order[start[has] + cnt[has] // 2]]
+    return out, has
+
+
 def rank_one_plus_sparse(s: int, src: torch.Tensor, dst: torch.Tensor, p: torch.Tensor,
                          max_fraction: float = 0.25) -> tuple[torch.Tensor, ...] | None:
     """Write the transition matrix M (COO, float64) as ``alpha u^T + R`` with R sparse, if possible.
 
     This is the back-off structure of a den graph: from every state, the back-off path reaches every
     token with weight bow(history) x p_unigram(token), so the dense columns (the token states) are a
-    rank-one matrix plus the listed n-grams and the CTC self-loops. ``u`` is the densest row restricted
-    to the dense columns, ``alpha`` per row the median ratio to ``u`` (the back-off entries are the
-    majority), and R = M - alpha u^T is exact (entries equal to float64 rounding are dropped).
+    rank-one matrix plus the listed n-grams and the CTC self-loops. ``u`` and ``alpha`` are medians of
+    entry ratios (back-off entries are the majority of every row and column), and R = M - alpha u^T is
+    exact (entries equal to float64 rounding are dropped).
     Returns (alpha, u, r_src, r_dst, r_val) or None when R would keep more than ``max_fraction`` of
     the entries.
     """
@@ -80,19 +98,19 @@ def rank_one_plus_sparse(s: int, src: torch.Tensor, dst: torch.Tensor, p: torch.
     if not bool(dense_col.any()):
         return None
     in_dense = dense_col[dst]
-    r0 = int(torch.argmax(torch.bincount(src[in_dense], minlength=s)))
+    # u: per dense column the median over rows of M[s, k] / M[s, k*], k* the dense column with the
+    # least mass (a rare token: its entries are back-off entries in almost every row)
+    mass = torch.zeros(s, dtype=torch.float64).index_add_(0, dst, p)
+    k_star = int(torch.argmin(torch.where(dense_col, mass, torch.full_like(mass, math.inf))))
+    ref = torch.zeros(s, dtype=torch.float64)
+    at_ref = dst == k_star
+    ref[src[at_ref]] = p[at_ref]
+    use = in_dense & (ref[src] > 0)
     u = torch.zeros(s, dtype=torch.float64)
-    m0 = (src == r0) & in_dense
-    u[dst[m0]] = p[m0]
+    u_med, u_has = _segment_median(p[use] / ref[src[use]], dst[use], s)
+    u[u_has] = u_med[u_has]
     use = u[dst] > 0
-    ratio, rows = p[use] / u[dst[use]], src[use]
-    order = torch.argsort(ratio)
-    order = order[torch.argsort(rows[order], stable=True)]  # by row, then by ratio
-    cnt = torch.bincount(rows, minlength=s)
-    start = torch.cumsum(cnt, 0) - cnt
-    alpha = torch.zeros(s, dtype=torch.float64)
-    has = cnt > 0
-    alpha[has] = ratio[order[start[has] + cnt[has] // 2]]
+    alpha, _ = _segment_median(p[use] / u[dst[use]], src[use], s)
     approx = alpha[src] * u[dst]
     r = p - approx
     keep = r.abs() > 1e-12 * torch.maximum(p, approx)
@@ -245,8 +263,8 @@ def compile_graph(fsa: Fsa, device: torch.device | str, dtype: torch.dtype = tor
 class SharedLayout:
     """All utterances on one graph, probability space: state vectors are [B, S] (the denominator).
 
-    The layouts give the passes one interface over two domains: ``emis``/``mul``/``fwd``/``bwd`` work
-    in the layout's domain, ``normalize`` returns the per-utterance normaliser in that domain,
+    The layouts give the passes one interface over two domains: ``emis_block``/``mul``/``fwd``/``bwd``
+    work in the layout's domain, ``normalize`` returns the per-utterance normaliser in that domain,
     ``log_norm`` turns it into a log, ``prob`` turns state values into probabilities.
     """
 
@@ -267,9 +285,6 @@ class SharedLayout:
     def gather(self, frame: torch.Tensor) -> torch.Tensor:
         """Per-state values of a per-label frame [B, V] -> [B, S]."""
         return frame.index_select(1, self.g.label)
-
-    def emis(self, shifted: torch.Tensor) -> torch.Tensor:
-        return self.gather(torch.exp(shifted))
 
     def mul(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return a * b
@@ -368,9 +383,6 @@ class FlatLayout:
 
     def gather(self, frame: torch.Tensor) -> torch.Tensor:
         return frame.reshape(-1)[self.flat]
-
-    def emis(self, shifted: torch.Tensor) -> torch.Tensor:
-        return self.gather(shifted)
 
     def mul(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return a + b
@@ -554,12 +566,16 @@ class _Emissions:
         self.layout, self.x = layout, x.detach()
         self.m = _frame_max(x)
         self.t0, self.block = -(1 << 40), None
+        # a block's temporaries stay below 1/32 of the score tensor (memory goal: 2x scores + graph)
+        b_n, t_n, v_n = x.shape
+        per_frame = b_n * max(v_n, layout.state_bytes() // max(b_n, 1) // 8) * 8
+        self.size = int(max(1, min(_BLOCK, x.numel() * x.element_size() // 32 // max(per_frame, 1))))
 
     def __call__(self, t: int) -> torch.Tensor:
-        if not self.t0 <= t < self.t0 + _BLOCK:
-            self.t0 = (t // _BLOCK) * _BLOCK
-            xs = self.x[:, self.t0: self.t0 + _BLOCK].to(self.layout.dtype)
-            ms = self.m[:, self.t0: self.t0 + _BLOCK, None].to(self.layout.dtype)
+        if not self.t0 <= t < self.t0 + self.size:
+            self.t0 = (t // self.size) * self.size
+            xs = self.x[:, self.t0: self.t0 + self.size].to(self.layout.dtype)
+            ms = self.m[:, self.t0: self.t0 + self.size, None].to(self.layout.dtype)
             self.block = self.layout.emis_block(xs - ms)
         return self.block[t - self.t0]
 
