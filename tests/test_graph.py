@@ -302,3 +302,13 @@ def test_build_den_graph_cli(tmp_path, capsys) -> None:
         main([f"lang_dir={lang}"])
     with pytest.raises(SystemExit):
         main([f"lang_dir={tmp_path / 'nope'}"])
+
+
+def test_malformed_arpa_raises_instead_of_aborting(tmp_path) -> None:
+    """kaldilm aborts its process on a malformed ARPA file; we run it in a child and raise ValueError."""
+    from distill.graph.den import load_token_lm_arrays
+
+    bad = tmp_path / "bad.arpa"
+    bad.write_text("\\data\\\nngram 1=3\n\n\\1-grams:\n-0.5 a\nnot a number here\n\\end\\\n")
+    with pytest.raises(ValueError, match="kaldilm could not convert the ARPA file"):
+        load_token_lm_arrays(bad, ["<blk>", "a", "b"])

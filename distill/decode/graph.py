@@ -22,12 +22,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import subprocess
-import sys
 import tempfile
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Literal, Optional, Sequence
+
+from distill.graph.ngram import arpa_to_fst as ngram_arpa_to_fst
 
 log = logging.getLogger(__name__)
 
@@ -201,35 +201,12 @@ def lexicon_fst(lexicon: Sequence[tuple[str, Sequence[str]]], token_ids: dict[st
     return fst
 
 
-_ARPA2FST = (
-    "import sys, kaldilm\n"
-    "arpa, out, syms, order = sys.argv[1:5]\n"
-    "kaldilm.arpa2fst(arpa, output_fst=out, disambig_symbol='#0', read_symbol_table=syms, max_order=int(order))\n"
-)
-
-
 def arpa_to_fst(arpa: str | Path, symbol_table: str | Path, max_order: Optional[int] = None) -> Any:
-    """G from an ARPA file with kaldilm: back-off arcs ``#0:eps``, ``<s>``/``</s>`` as epsilon, costs
-    ``-ln p``; n-grams with symbols outside ``symbol_table`` are skipped by kaldilm.
-
-    kaldilm aborts the whole process on malformed input, so it runs in a child process; its log is
-    shown in the error.
-    """
-    import kaldifst
-
-    if not Path(arpa).is_file():
-        raise GraphError(f"ARPA file '{arpa}' does not exist")
-    if not Path(symbol_table).is_file():
-        raise GraphError(f"symbol table '{symbol_table}' does not exist")
-    with tempfile.TemporaryDirectory() as td:
-        out = Path(td) / "G.fst"
-        proc = subprocess.run([sys.executable, "-c", _ARPA2FST, str(arpa), str(out), str(symbol_table),
-                               str(max_order or -1)], capture_output=True)
-        if proc.returncode != 0 or not out.is_file():
-            err = proc.stderr.decode("utf-8", "replace")
-            raise GraphError(f"kaldilm could not convert the ARPA file '{arpa}' (status {proc.returncode}):\n"
-                             f"{err[-2000:]}")
-        return kaldifst.StdVectorFst.read(str(out))
+    """G from an ARPA file (:func:`distill.graph.ngram.arpa_to_fst`, kaldilm in a child process)."""
+    try:
+        return ngram_arpa_to_fst(arpa, symbol_table, max_order)
+    except ValueError as e:
+        raise GraphError(str(e)) from None
 
 
 def _remove_ilabels(fst: Any, lo: int, hi: int) -> int:

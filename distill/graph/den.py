@@ -12,16 +12,14 @@ routes are checked against each other in the tests.
 """
 from __future__ import annotations
 
-import contextlib
-import os
 import tempfile
 from pathlib import Path
-from typing import Iterator, Literal, Sequence
+from typing import Literal, Sequence
 
 import torch
 
 from distill.graph.fsa import Fsa, _csr, _expand, connect, fst_arrays, merge_parallel_arcs, remove_epsilon
-from distill.graph.ngram import BOS, EOS, NgramLM, Smoothing, estimate_ngram
+from distill.graph.ngram import BOS, EOS, NgramLM, Smoothing, arpa_to_fst, estimate_ngram
 from distill.graph.topo import ctc_topo_fst
 
 __all__ = ["read_tokens", "read_token_ids", "train_token_lm", "load_token_lm_arrays",
@@ -108,45 +106,16 @@ def train_token_lm(sequences: Sequence[Sequence[int]], tokens: Sequence[str], or
                           smoothing=smoothing, min_count=min_count)
 
 
-@contextlib.contextmanager
-def _quiet_stderr() -> Iterator[list[str]]:
-    """Capture C++ log output written to file descriptor 2 (kaldilm logs every section it reads)."""
-    captured: list[str] = []
-    with tempfile.TemporaryFile(mode="w+b") as tmp:
-        saved = os.dup(2)
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield captured
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            captured.append(tmp.read().decode("utf-8", "replace"))
-
-
 def load_token_lm_arrays(arpa_path: str | Path, tokens: Sequence[str], order: int | None = None
                          ) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int, torch.Tensor]:
     """Load an ARPA token LM with kaldilm; arrays as :func:`fst_arrays` (label = token id, -1 = back-off
     epsilon). ``<s>`` is the start state and ``</s>`` becomes final weights."""
-    import kaldifst
-    import kaldilm
-
     v = len(tokens)
     with tempfile.TemporaryDirectory() as td:
         syms = Path(td) / "syms.txt"
         lines = ["<eps> 0"] + [f"{t} {i + 1}" for i, t in enumerate(tokens)] + [f"#0 {v + 1}"]
         syms.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        out = Path(td) / "P.fst"
-        with _quiet_stderr() as log:
-            try:
-                kaldilm.arpa2fst(str(arpa_path), output_fst=str(out), disambig_symbol="#0",
-                                 read_symbol_table=str(syms), max_order=order or -1)
-                ok = out.is_file()
-            except Exception:  # kaldilm raises RuntimeError on bad ARPA
-                ok = False
-        if not ok:
-            raise ValueError(f"kaldilm could not read '{arpa_path}':\n{''.join(log)[-2000:]}")
-        fst = kaldifst.StdVectorFst.read(str(out))
+        fst = arpa_to_fst(arpa_path, syms, order)
     n, src, dst, lab, score, start, final = fst_arrays(fst)
     lab = torch.where(lab == v, torch.full_like(lab, -1), lab)  # '#0' (FST label v + 1) -> epsilon
     if ((lab == 0) | (lab > v)).any():

@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Iterable, Literal, Sequence
+from typing import Any, Iterable, Literal, Sequence
 
 __all__ = ["BOS", "EOS", "NgramLM", "estimate_ngram"]
 
@@ -286,3 +286,38 @@ def estimate_ngram(
                 bow = num / den if den > 1e-12 and num > 0 else 1.0
             backoff[n - 2][h] = math.log10(bow) if bow > 0 else _LOG10_ZERO
     return lm
+
+
+_ARPA2FST = (
+    "import sys, kaldilm\n"
+    "arpa, out, syms, order = sys.argv[1:5]\n"
+    "kaldilm.arpa2fst(arpa, output_fst=out, disambig_symbol='#0', read_symbol_table=syms, max_order=int(order))\n"
+)
+
+
+def arpa_to_fst(arpa: str | Path, symbol_table: str | Path, max_order: int | None = None) -> Any:
+    """An ARPA n-gram LM as a kaldifst FST, converted by ``kaldilm.arpa2fst``: back-off arcs ``#0:eps``,
+    ``<s>``/``</s>`` as epsilon, costs ``-ln p``; n-grams with symbols outside ``symbol_table`` are skipped.
+
+    kaldilm aborts the whole process on malformed input, so it runs in a child process; a failure
+    raises ValueError with its log.
+    """
+    import subprocess
+    import sys
+    import tempfile
+
+    import kaldifst
+
+    if not Path(arpa).is_file():
+        raise ValueError(f"ARPA file '{arpa}' does not exist")
+    if not Path(symbol_table).is_file():
+        raise ValueError(f"symbol table '{symbol_table}' does not exist")
+    with tempfile.TemporaryDirectory() as td:
+        out = Path(td) / "G.fst"
+        proc = subprocess.run([sys.executable, "-c", _ARPA2FST, str(arpa), str(out), str(symbol_table),
+                               str(max_order or -1)], capture_output=True)
+        if proc.returncode != 0 or not out.is_file():
+            err = proc.stderr.decode("utf-8", "replace")
+            raise ValueError(f"kaldilm could not convert the ARPA file '{arpa}' (status {proc.returncode}):\n"
+                             f"{err[-2000:]}")
+        return kaldifst.StdVectorFst.read(str(out))
