@@ -81,8 +81,8 @@ def _noam(cfg: ScheduleConfig, total: int) -> Factor:
     return lambda u: min(u / warm, math.sqrt(warm / max(u, 1)))
 
 
-@register_schedule("cosine")
-def _cosine(cfg: ScheduleConfig, total: int) -> Factor:
+def _warmup_then_decay(cfg: ScheduleConfig, total: int, shape: Callable[[float], float]) -> Factor:
+    """Linear warm-up, then ``final + (1 - final) * shape(frac)`` with frac going 0 -> 1 until ``total``."""
     total = _need_total(cfg, total)
     warm, final = cfg.warmup_steps, cfg.final_lr_scale
 
@@ -90,21 +90,18 @@ def _cosine(cfg: ScheduleConfig, total: int) -> Factor:
         if warm > 0 and u <= warm:
             return _warmup(u, warm)
         frac = min(1.0, (u - warm) / max(1, total - warm))
-        return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * frac))
+        return final + (1.0 - final) * shape(frac)
     return factor
+
+
+@register_schedule("cosine")
+def _cosine(cfg: ScheduleConfig, total: int) -> Factor:
+    return _warmup_then_decay(cfg, total, lambda frac: 0.5 * (1.0 + math.cos(math.pi * frac)))
 
 
 @register_schedule("linear")
 def _linear(cfg: ScheduleConfig, total: int) -> Factor:
-    total = _need_total(cfg, total)
-    warm, final = cfg.warmup_steps, cfg.final_lr_scale
-
-    def factor(u: int) -> float:
-        if warm > 0 and u <= warm:
-            return _warmup(u, warm)
-        frac = min(1.0, (u - warm) / max(1, total - warm))
-        return 1.0 - (1.0 - final) * frac
-    return factor
+    return _warmup_then_decay(cfg, total, lambda frac: 1.0 - frac)
 
 
 @register_schedule("constant")
