@@ -166,6 +166,7 @@ def _encoder(layers: int, dim: int, ffn: int, heads: int, **kw) -> W2V2Config:
 # copied and so that they can stream.
 _LARGE_CNN = dict(feat_extract_norm="layer", conv_bias=True, do_stable_layer_norm=True)
 _REDUCED_CNN = dict(_LARGE_CNN, conv_dim=(256,) * 7)
+_DEMO_CNN = dict(_LARGE_CNN, conv_dim=(32, 64, 64, 128, 128, 128, 128))
 
 PRESETS: dict[str, W2V2Config] = {
     # Baevski et al. 2020 "base": group-norm CNN, post-LN encoder (95 M)
@@ -181,9 +182,11 @@ PRESETS: dict[str, W2V2Config] = {
     # 512-dim output is regressed onto the teacher's CNN features
     "student-10x384-fbank": _encoder(10, 384, 1536, 6, **dict(_LARGE_CNN, frontend="fbank")),
     "student-12x384-fbank": _encoder(12, 384, 1536, 6, **dict(_LARGE_CNN, frontend="fbank")),
-    # CPU demo sizes: ~6.3 M teacher, ~0.6 M student (>= 10x fewer parameters)
-    "demo-teacher": _encoder(6, 256, 1024, 4, **_REDUCED_CNN),
-    "demo-student": _encoder(4, 96, 384, 4, **dict(_LARGE_CNN, conv_dim=(64,) * 7)),
+    # CPU demo sizes: 5.5 M teacher, 0.61 M student (9x fewer parameters; the student copies the
+    # teacher's CNN). A narrow, widening CNN keeps the waveform front-end cheap (4.6x faster training
+    # steps than 7 x 256 channels); no attention dropout, which forces the slow SDPA path on CPU.
+    "demo-teacher": _encoder(6, 256, 1024, 4, attention_dropout=0.0, **_DEMO_CNN),
+    "demo-student": _encoder(3, 96, 384, 4, attention_dropout=0.0, **_DEMO_CNN),
 }
 
 
