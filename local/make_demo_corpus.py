@@ -500,6 +500,8 @@ def write_kaldi(out: Path, utts: Sequence[Utterance], nsamp: dict[str, int], wav
     """Kaldi data dirs with absolute wav paths; the speaker id (reader-chapter) prefixes the utt id."""
     for split in SPLITS:
         mine = [u for u in utts if u.split == split]
+        if not mine:
+            continue
         d = out / "kaldi" / split
         _write_lines(d / "wav.scp", (f"{u.utt} {wav_path(wav_dir, u).resolve()}" for u in mine))
         _write_lines(d / "text", (f"{u.utt} {u.text}" for u in mine))
@@ -646,11 +648,12 @@ def write_gigaspeech(out: Path, utts: Sequence[Utterance], nsamp: dict[str, int]
 
 
 # ---- summary and driver ----------------------------------------------------------------------------
-def summarize(utts: Sequence[Utterance], nsamp: dict[str, int], params: dict) -> dict:
-    train_vocab = {w for u in utts if u.split == "train" for w in u.text.split()}
+def summarize(utts: Sequence[Utterance], nsamp: dict[str, int], params: dict, train_vocab: set[str]) -> dict:
     splits = {}
     for split in SPLITS:
         mine = [u for u in utts if u.split == split]
+        if not mine:
+            continue
         words = [w for u in mine for w in u.text.split()]
         seconds = sum(nsamp[u.utt] for u in mine) / SAMPLE_RATE
         engines: dict[str, int] = {}
@@ -662,16 +665,19 @@ def summarize(utts: Sequence[Utterance], nsamp: dict[str, int], params: dict) ->
             "oov_rate_vs_train": round(sum(w not in train_vocab for w in words) / max(1, len(words)), 4),
             "speakers_per_voice": dict(sorted(engines.items())),
         }
-    return {"params": params, "splits": splits, "test_oov_rate": splits["test"]["oov_rate_vs_train"]}
+    summary = {"params": params, "splits": splits}
+    if "test" in splits:
+        summary["test_oov_rate"] = splits["test"]["oov_rate_vs_train"]
+    return summary
 
 
 def print_summary(summary: dict) -> None:
     print(f"{'split':<6} {'utts':>6} {'hours':>7} {'spk':>4} {'words':>7} {'vocab':>6} {'OOV':>6}")
-    for split in SPLITS:
-        s = summary["splits"][split]
+    for split, s in summary["splits"].items():
         print(f"{split:<6} {s['utterances']:>6} {s['hours']:>7.3f} {s['speakers']:>4} {s['words']:>7} "
               f"{s['vocabulary']:>6} {100 * s['oov_rate_vs_train']:>5.1f}%")
-    print(f"test OOV rate (w.r.t. train text): {100 * summary['test_oov_rate']:.2f}%")
+    if "test_oov_rate" in summary:
+        print(f"test OOV rate (w.r.t. train text): {100 * summary['test_oov_rate']:.2f}%")
 
 
 def check_tools(layouts: Sequence[str]) -> None:
@@ -691,13 +697,20 @@ def _marker_ok(path: Path, params: dict) -> bool:
 
 def generate(out: Path, seed: int = 0, size: str = "default", train_hours: float | None = None,
              layouts: Sequence[str] = ("kaldi",), nj: int = 2, max_test_oov: int = 0,
-             sentences: Path = DEFAULT_SENTENCES, force: bool = False) -> tuple[dict, bool]:
-    """Make the corpus under ``out``; returns (summary, skipped) — skipped when it was already complete."""
+             sentences: Path = DEFAULT_SENTENCES, force: bool = False,
+             splits: Sequence[str] = SPLITS) -> tuple[dict, bool]:
+    """Make the corpus under ``out``; returns (summary, skipped) — skipped when it was already complete.
+
+    ``splits`` limits synthesis to some splits (e.g. only ``test`` to score a shipped model): speakers and
+    sentences are chosen exactly as for the whole corpus, so those splits are byte-identical to it.
+    """
     if size not in SIZES:
         raise CorpusError(f"unknown size {size!r}; choose from {', '.join(SIZES)}")
     bad = [x for x in layouts if x not in LAYOUTS]
     if bad or not layouts:
         raise CorpusError(f"unknown layout(s) {bad}; choose from {', '.join(LAYOUTS)}")
+    if not splits or any(x not in SPLITS for x in splits):
+        raise CorpusError(f"unknown split(s) in {list(splits)}; choose from {', '.join(SPLITS)}")
     if max_test_oov < 0 or nj < 1:
         raise CorpusError(f"--max-test-oov must be >= 0 and --nj >= 1 (got {max_test_oov}, {nj})")
     spec = SIZES[size]
@@ -709,6 +722,8 @@ def generate(out: Path, seed: int = 0, size: str = "default", train_hours: float
     pool_sha1 = hashlib.sha1(sentences.read_bytes()).hexdigest() if sentences.is_file() else ""
     synth_params = {"version": GENERATOR_VERSION, "seed": seed, "size": size, "train_hours": spec.train_hours,
                     "max_test_oov": max_test_oov, "sentences_sha1": pool_sha1}
+    if sorted(splits) != sorted(SPLITS):
+        synth_params["splits"] = sorted(splits)
     params = {**synth_params, "layouts": sorted(layouts)}
     done, wav_done = out / ".done.json", out / "wav" / ".done.json"
     if not force and _marker_ok(done, params) and (out / "summary.json").is_file():
@@ -721,7 +736,7 @@ def generate(out: Path, seed: int = 0, size: str = "default", train_hours: float
     chosen = select_sentences(pool, seed, spec.train_hours, spec.train_utts, spec.dev_utts, spec.test_utts,
                               max_test_oov)
     speakers = make_speakers(spec, seed)
-    utts = make_utterances(chosen, speakers)
+    utts = [u for u in make_utterances(chosen, speakers) if u.split in splits]
     wav_dir = out / "wav"
     t0 = time.time()
     if force or not _marker_ok(wav_done, synth_params):
@@ -750,7 +765,7 @@ def generate(out: Path, seed: int = 0, size: str = "default", train_hours: float
                                          for s in speakers))
     _write_lines(out / "utterances.tsv", (f"{u.utt}\t{u.split}\t{u.speaker.kaldi_id}\t{sid_of.get(u.utt, '')}\t"
                                            f"{u.sentence}" for u in utts))
-    summary = summarize(utts, nsamp, params)
+    summary = summarize(utts, nsamp, params, {w for x in chosen["train"] for w in transcript(x).split()})
     summary["speakers"] = {s.spk: dict(zip(("split", "engine", "voice", "variant", "pitch", "rate"),
                                            (s.split, *s.setting))) for s in speakers}
     (out / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
@@ -773,6 +788,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--max-test-oov", type=int, default=0,
                     help="max words per dev/test sentence that are absent from the training text (default 0)")
     ap.add_argument("--sentences", type=Path, default=DEFAULT_SENTENCES, help="sentence pool, one per line")
+    ap.add_argument("--splits", default=",".join(SPLITS),
+                    help=f"comma-separated splits to synthesise (default {','.join(SPLITS)}); the others are skipped")
     ap.add_argument("--force", action="store_true", help="regenerate even when the output is complete")
     args = ap.parse_args(argv)
     layouts = [x.strip().lower() for x in args.layouts.split(",") if x.strip()]
@@ -780,7 +797,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.out / "make_demo_corpus.log")
     try:
         summary, _ = generate(args.out, args.seed, args.size, args.train_hours, layouts, args.nj,
-                              args.max_test_oov, args.sentences, args.force)
+                              args.max_test_oov, args.sentences, args.force,
+                              [x.strip() for x in args.splits.split(",") if x.strip()])
     except CorpusError as e:
         log.error("%s", e)
         return 1

@@ -319,3 +319,28 @@ def test_rerun_is_skipped_and_layout_change_reuses_audio(corpora, tmp_path):
     assert wav.stat().st_mtime_ns == mtime
     assert not (root / "GigaSpeech").exists() and (root / "kaldi" / "test" / "text").is_file()
     assert str(wav) in (root / "kaldi" / "train" / "wav.scp").read_text()  # paths point into the copy
+
+
+def test_splits_option_gives_the_same_test_split(corpora, tmp_path):
+    """``--splits test`` (used to score a shipped model) synthesises the very test split of the corpus.
+
+    Audio is compared to 8 LSB: festival's HTS voice now and then differs by 1-4 LSB between runs.
+    """
+    full, only = corpora[0], tmp_path / "only_test"
+    proc = _cli(only, "--splits", "test")
+    assert sorted(p.name for p in (only / "kaldi").iterdir()) == ["test"]
+    assert not (only / "wav" / "train").exists()
+    for name in ("text", "utt2spk", "spk2utt", "utt2dur"):
+        assert (only / "kaldi" / "test" / name).read_bytes() == (full / "kaldi" / "test" / name).read_bytes()
+    wa, wb = _kv(full / "kaldi" / "test" / "wav.scp"), _kv(only / "kaldi" / "test" / "wav.scp")
+    assert wa.keys() == wb.keys()
+    for utt in wa:
+        xa, _ = sf.read(wa[utt], dtype="int16")
+        xb, _ = sf.read(wb[utt], dtype="int16")
+        assert len(xa) == len(xb) and int(abs(xa.astype(int) - xb.astype(int)).max()) <= 8, utt
+    summary = json.loads((only / "summary.json").read_text())
+    assert list(summary["splits"]) == ["test"] and summary["test_oov_rate"] == 0.0
+    assert "test" in proc.stdout and "train" not in proc.stdout.split("test OOV")[0].split("\n", 1)[1]
+    bad = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path / "bad"), "--splits", "tset"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 1 and "unknown split" in bad.stderr
