@@ -471,3 +471,27 @@ def test_tiny_recipe_chain_runs(env, tmp_path, monkeypatch):
         assert (tmp_path / "exp" / stage / "model" / "config.json").exists()
     s2 = load_pretrained(tmp_path / "exp/stage2/model")
     assert s2.config.chunk_frames == 16 and s2.config.causal_pos_conv
+
+
+def test_teacher_head_is_replaced_when_the_shipped_tokens_differ(env, tmp_path):
+    """A packaged model ships its tokens.txt: same size but other tokens than the lang → a new head;
+    the same tokens → the checkpoint's head is kept."""
+    from distill.bin.train import TrainStageConfig, build_teacher_model
+    from distill.config import load_config
+    ckpt = make_teacher_hf(tmp_path, env[3], seed=3)
+    src = load_pretrained(ckpt)
+    d = stage_cfg(env, tmp_path / "t", "teacher")
+    d["model"] = {"init": "pretrained", "path": str(ckpt)}
+    cfg = load_config(TrainStageConfig, write_cfg(tmp_path / "t.yaml", d))
+    lang_tokens = (Path(cfg.lang_dir) / "tokens.txt").read_text()
+    (ckpt / "tokens.txt").write_text(lang_tokens)
+    assert torch.equal(build_teacher_model(cfg, env[3]).lm_head.weight, src.lm_head.weight)
+    lines = lang_tokens.splitlines()
+    lines[3], lines[4] = lines[4].split()[0] + " " + lines[3].split()[1], lines[3].split()[0] + " " + lines[4].split()[1]
+    (ckpt / "tokens.txt").write_text("\n".join(lines) + "\n")
+    model = build_teacher_model(cfg, env[3])
+    assert model.lm_head.weight.shape == src.lm_head.weight.shape
+    assert not torch.equal(model.lm_head.weight, src.lm_head.weight)
+    for k, v in src.state_dict().items():
+        if not k.startswith("lm_head."):
+            assert torch.equal(v, model.state_dict()[k]), k

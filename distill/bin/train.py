@@ -254,6 +254,15 @@ def _load_model(path: str, key: str, vocab_size: Optional[int] = None) -> Any:
         raise ConfigError(f"key '{key}': cannot load '{path}': {e}") from None
 
 
+def _token_mismatch(model_path: Path, lang_dir: Path) -> str:
+    """Why a pretrained head does not fit the lang: the model ships a ``tokens.txt`` (as packaged models
+    do) that differs from the lang's. Empty when it fits or when the model ships no tokens."""
+    ours, theirs = model_path / "tokens.txt", lang_dir / "tokens.txt"
+    if not (ours.is_file() and theirs.is_file()) or ours.read_text() == theirs.read_text():
+        return ""
+    return f"other tokens than {theirs} (its {ours} differs)"
+
+
 def build_teacher_model(cfg: TrainStageConfig, vocab: int) -> Any:
     """Stage 3's model: pretrained (a new head when the checkpoint's does not fit) or from scratch."""
     from torch import nn
@@ -268,12 +277,14 @@ def build_teacher_model(cfg: TrainStageConfig, vocab: int) -> Any:
         changes = dict(m.overrides)
         try:
             model = load_pretrained(m.path, vocab_size=vocab)
+            why = _token_mismatch(Path(m.path), Path(cfg.lang_dir))
         except CheckpointError as first:
             model = _load_model(m.path, "model.path")
             if model.config.vocab_size == vocab:
                 raise ConfigError(f"key 'model.path': {first}") from None
-            log.warning("%s has an output layer of %d units; the lang has %d: a new output layer is trained",
-                        m.path, model.config.vocab_size, vocab)
+            why = f"an output layer of {model.config.vocab_size} units; the lang has {vocab}"
+        if why:
+            log.warning("%s has %s: a new output layer is trained", m.path, why)
             model.lm_head = nn.Linear(model.config.hidden_size, vocab)
             nn.init.normal_(model.lm_head.weight, std=0.02)
             nn.init.zeros_(model.lm_head.bias)
@@ -389,19 +400,34 @@ def export_final(cfg: TrainStageConfig, task: Any) -> Path:
 
 
 def make_train_loader(cfg: TrainStageConfig, tokenizer: Any, rank: int, world: int) -> Any:
-    """The training DataLoader over ``distill.data``'s dataset and lhotse sampler, the sampler wrapped in
-    :class:`~distill.train.TrackedSampler` so that a mid-epoch resume is exact (the trainer restores
-    the RNG after creating the iterator, which a plain DataLoader does at ``iter()``)."""
+    """This rank's shuffled training batches; the :class:`~distill.data.AsrDataLoader` is also the trainer's
+    resume position (exact mid-epoch, whatever its workers prefetched)."""
     from distill.data import load_cuts, make_dataloader
-    from distill.train import TrackedSampler
 
     d = cfg.data
-    dl = make_dataloader(load_cuts(cfg.lang_dir, "train"), tokenizer, d.max_duration, shuffle=True,
-                         rank=rank, world_size=world, seed=cfg.seed, num_buckets=d.num_buckets,
-                         num_workers=cfg.num_workers, speed_perturb=d.speed_perturb or None,
-                         max_cuts=d.max_cuts)
-    return torch.utils.data.DataLoader(dl.dataset, sampler=TrackedSampler(dl.sampler), batch_size=None,
-                                       num_workers=cfg.num_workers, persistent_workers=False)
+    return make_dataloader(load_cuts(cfg.lang_dir, "train"), tokenizer, d.max_duration, shuffle=True,
+                           rank=rank, world_size=world, seed=cfg.seed, num_buckets=d.num_buckets,
+                           num_workers=cfg.num_workers, speed_perturb=d.speed_perturb or None,
+                           max_cuts=d.max_cuts)
+
+
+def _lock_exp_dir(exp_dir: str, rank: int) -> Any:
+    """Rank 0 takes ``<exp_dir>/.lock`` before anything is loaded or written, so that a second run on the
+    same directory stops at once (:class:`~distill.train.ExpDirLocked`, naming the holder) instead of
+    overwriting ``train.yaml`` or filling the teacher cache of the running one."""
+    from distill.train import ExpDirLock, ExpDirLocked, distributed
+
+    lock = ExpDirLock(exp_dir)
+    err = None
+    if rank == 0:
+        try:
+            lock.acquire()
+        except ExpDirLocked as e:
+            err = str(e)
+    err = distributed.broadcast_object(err)
+    if err is not None:
+        raise ExpDirLocked(err)
+    return lock
 
 
 def run(cfg: TrainStageConfig) -> int:
@@ -413,7 +439,9 @@ def run(cfg: TrainStageConfig) -> int:
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
     rank, world = distributed.init()
+    lock = None
     try:
+        lock = _lock_exp_dir(cfg.exp_dir, rank)
         tc = cfg.train
         tc.exp_dir, tc.device, tc.resume, tc.seed = cfg.exp_dir, cfg.device, cfg.resume, cfg.seed
         tc.exclude_from_checkpoint = sorted(set(tc.exclude_from_checkpoint) | {"teacher."})
@@ -439,10 +467,11 @@ def run(cfg: TrainStageConfig) -> int:
             Path(cfg.exp_dir).mkdir(parents=True, exist_ok=True)
             dump_config(cfg, Path(cfg.exp_dir) / "train.yaml")
         trained = task.trained_model()
-        trainer = Trainer(tc, task, T.compute_loss, train_dl, sampler=train_dl.sampler,
+        trainer = Trainer(tc, task, T.compute_loss, train_dl, sampler=train_dl,
                           validate=T.make_validate(task, dev_dl, tok, d.wer_normalize, d.valid_max_batches),
                           freeze_fns=freeze_fns,
-                          model_meta={"task": cfg.task, "model_config": trained.config.to_dict()})
+                          model_meta={"task": cfg.task, "model_config": trained.config.to_dict()},
+                          exp_lock=lock)
         task.step_fn = lambda: trainer.step
         result = trainer.fit()
         if task.num_dropped:
@@ -456,6 +485,9 @@ def run(cfg: TrainStageConfig) -> int:
     except BaseException:
         distributed.cleanup(barrier=False)
         raise
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
