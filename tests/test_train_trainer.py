@@ -257,6 +257,32 @@ def test_enospc_during_checkpoint_then_resume(tmp_path: Path, monkeypatch) -> No
     assert_same(params(tr.model), params(ref.model))
 
 
+def test_unrestorable_data_position_names_the_checkpoint(tmp_path: Path) -> None:
+    """A mid-epoch checkpoint whose batch position the (changed) data no longer reaches is refused with a
+    CheckpointError naming the file; the loader's position, not the batch list, is what was saved."""
+    from distill.data import AsrDataLoader
+    from distill.train import IndexBatchSampler
+
+    class Rows(torch.utils.data.Dataset):
+        def __init__(self) -> None:
+            self.batch = make_batches([12])[0]
+
+        def __getitem__(self, idx):  # type: ignore[override]
+            return {k: v[idx] for k, v in self.batch.items() if k != "ids"}
+
+    def loader(n: int) -> AsrDataLoader:
+        return AsrDataLoader(Rows(), IndexBatchSampler(n, batch_size=2, seed=1))
+
+    c = cfg(tmp_path, max_steps=3, checkpoint_interval=3)
+    fit(c, loader(12))
+    state = ck.load(ck.checkpoint_path(tmp_path / "exp/checkpoints", 3))
+    assert state["trainer"]["batch_in_epoch"] == 3
+    assert state["rank_states"][0]["sampler"] == {"epoch": 0, "count": 3}
+    with pytest.raises(ck.CheckpointError, match=r"ckpt-00000003\.pt': cannot restore its data position "
+                                                 r"\(epoch 0, batch 3\).*yields only 2 batches"):
+        fit(dataclasses.replace(c, max_steps=5), loader(4))
+
+
 def test_freeze_prefix_for_n_steps(tmp_path: Path) -> None:
     init = params(make_model())
     t2, _ = fit(cfg(tmp_path / "a", max_steps=2, freeze=[FreezeConfig(prefixes=["0."], steps=2)]),

@@ -19,7 +19,8 @@ from torch import nn
 
 torch.set_num_threads(1)
 
-from distill.train import IndexBatchSampler, TrackedSampler, Trainer  # noqa: E402
+from distill.data import AsrDataLoader  # noqa: E402
+from distill.train import IndexBatchSampler, Trainer  # noqa: E402
 from distill.train import checkpoint as ckpt_mod  # noqa: E402
 from distill.train.config import OptimConfig, ScheduleConfig, TrainConfig  # noqa: E402
 
@@ -56,7 +57,7 @@ class ItemsDataset(torch.utils.data.Dataset):
         return {"x": self.x[t], "y": self.y[t], "w": self.w[t], "ids": ids}
 
 
-def build_sampler(kind: str, tracked: bool = True):
+def build_sampler(kind: str):
     if kind == "simple":
         return IndexBatchSampler(N_ITEMS, batch_size=5, shuffle=True, seed=7)
     from lhotse import CutSet
@@ -66,9 +67,8 @@ def build_sampler(kind: str, tracked: bool = True):
     durs = (torch.rand(N_ITEMS, generator=g) * 3 + 0.5).tolist()
     warnings.filterwarnings("ignore", message=".*eagerly read CutSet")
     cuts = CutSet.from_cuts(dummy_cut(i, duration=round(d, 2)) for i, d in enumerate(durs))
-    inner = DynamicBucketingSampler(cuts, max_duration=8.0, num_buckets=3, shuffle=True, seed=7,
-                                    buffer_size=200, world_size=1, rank=0)
-    return TrackedSampler(inner) if tracked else inner
+    return DynamicBucketingSampler(cuts, max_duration=8.0, num_buckets=3, shuffle=True, seed=7,
+                                   buffer_size=200, world_size=1, rank=0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,7 +80,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-epochs", type=int, default=0)
     ap.add_argument("--accum", type=int, default=2)
     ap.add_argument("--workers", type=int, default=0)
-    ap.add_argument("--untracked", action="store_true", help="do not wrap the lhotse sampler (control)")
     ap.add_argument("--kill-at", type=int, default=0)
     ap.add_argument("--term-at", type=int, default=0)
     ap.add_argument("--kill-in-write", type=int, default=0)
@@ -121,11 +120,10 @@ def main(argv: list[str] | None = None) -> int:
             real_write(obj, f)
         ckpt_mod._write = write
 
-    sampler = build_sampler(a.sampler, tracked=not a.untracked)
     # "fork" (Linux's default) also inside a fork-server child, where the default would be a new,
     # cold fork server
-    loader = torch.utils.data.DataLoader(ItemsDataset(), sampler=sampler, batch_size=None, num_workers=a.workers,
-                                         multiprocessing_context="fork" if a.workers else None)
+    loader = AsrDataLoader(ItemsDataset(), build_sampler(a.sampler), num_workers=a.workers,
+                           multiprocessing_context="fork" if a.workers else None)
     cfg = TrainConfig(
         exp_dir=a.exp_dir, seed=3, device="cpu", max_steps=a.max_steps, max_epochs=a.max_epochs,
         accum_grad=a.accum, grad_clip=1.0, log_interval=2, valid_interval=3, checkpoint_interval=2,
@@ -133,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         optim=OptimConfig(lr=3e-2, weight_decay=0.01),
         schedule=ScheduleConfig(name="tri_stage", warmup_steps=3, hold_steps=3, decay_steps=10),
     )
-    trainer = Trainer(cfg, make_model(), compute_loss, loader, sampler=sampler, validate=validate)
+    trainer = Trainer(cfg, make_model(), compute_loss, loader, validate=validate)
     result = trainer.fit()
     if result.status == "finished":
         torch.save({k: v.clone() for k, v in trainer.model.state_dict().items()}, a.out)

@@ -1,7 +1,6 @@
 """The trainer's entry point: cuts → DDP-aware, resumable loader of padded waveform batches."""
 from __future__ import annotations
 
-import copy
 import itertools
 import warnings
 from pathlib import Path
@@ -17,53 +16,119 @@ from distill.data.dataset import AsrDataset
 from distill.data.tokenizer import Tokenizer
 
 
-class AsrDataLoader:
-    """A torch DataLoader over a lhotse sampler whose state resumes exactly.
+class _SamplerView:
+    """The sampler as the DataLoader sees it: while :meth:`AsrDataLoader.__iter__` builds the torch
+    iterator, every ``iter()`` (torch calls it twice for worker processes) returns the one iterator
+    that was already advanced to the resume position."""
 
-    lhotse's sampler state counts the batches the *sampler* produced, which runs ahead of training
-    when worker processes prefetch. This wrapper counts the batches actually handed out, so that
-    ``load_state_dict(state_dict())`` continues with the next unseen batch for any ``num_workers``.
-    Call :meth:`set_epoch` at the start of each epoch (it reshuffles).
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.current: Optional[Iterator[Any]] = None
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __iter__(self) -> Iterator[Any]:
+        return self.current if self.current is not None else iter(self.inner)
+
+
+class AsrDataLoader:
+    """A torch DataLoader over a batch sampler (lhotse's, or any with ``set_epoch``) that resumes exactly.
+
+    The position in an epoch is the number of batches this loader has *handed out*, however far
+    prefetching workers have read ahead: ``state_dict()`` is ``{"epoch", "count"}``, and after
+    ``load_state_dict`` the next ``iter()`` replays the sampler (batch metadata only, no audio) past
+    ``count`` batches, so the remainder equals that of an uninterrupted epoch for any
+    ``num_workers``. The sampler's order must be a function of its seed and ``set_epoch`` (lhotse's
+    samplers with an integer seed are); its own ``state_dict`` is not used.
+
+    ``iter()`` builds the torch iterator at once (which draws the workers' base seed from torch's
+    RNG), so a trainer that restores the RNG state right after ``iter()`` continues the random
+    stream of the interrupted run. Call :meth:`set_epoch` at the start of each epoch (it reshuffles;
+    setting the epoch a state was loaded for keeps the restored position).
     """
 
-    def __init__(self, loader: torch.utils.data.DataLoader) -> None:
-        self.loader = loader
-        self.sampler: CutSampler = loader.sampler  # type: ignore[assignment]
-        self.dataset: AsrDataset = loader.dataset  # type: ignore[assignment]
-        self._consumed = 0
-        self._restored = False
-
-    def set_epoch(self, epoch: int) -> None:
-        if epoch != self.sampler.epoch:
-            self._restored = False
-        self.sampler.set_epoch(epoch)
+    def __init__(self, dataset: Any, sampler: Any, *, num_workers: int = 0, **loader_kwargs: Any) -> None:
+        if not hasattr(sampler, "set_epoch"):
+            raise TypeError(f"AsrDataLoader: the sampler ({type(sampler).__name__}) has no set_epoch()")
+        self.dataset = dataset
+        self.sampler = sampler
+        self._view = _SamplerView(sampler)
+        self.loader = torch.utils.data.DataLoader(dataset, sampler=self._view, batch_size=None,
+                                                  num_workers=num_workers, **loader_kwargs)
+        self._epoch = int(getattr(sampler, "epoch", 0))
+        self._consumed = 0  # batches of this epoch handed out
+        self._skip = 0  # restored position, applied by the next iter()
 
     @property
     def epoch(self) -> int:
-        return self.sampler.epoch
+        return self._epoch
 
-    def __iter__(self) -> Iterator[dict]:
-        if not self._restored:
-            self._consumed = 0
-        self._restored = False
-        for batch in self.loader:
-            self._consumed += 1
-            yield batch
+    @property
+    def num_workers(self) -> int:
+        return self.loader.num_workers
+
+    def __len__(self) -> int:
+        return len(self.loader)  # TypeError for samplers without a length (lhotse's dynamic bucketing)
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self._epoch:
+            self._skip = 0  # another epoch than the restored one starts from its beginning
+        self._epoch = epoch
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[Any]:
+        skip, self._skip = self._skip, 0
+        it = iter(self.sampler)
+        for done in range(skip):
+            if next(it, None) is None:
+                raise RuntimeError(
+                    f"AsrDataLoader: the restored position is batch {skip} of epoch {self._epoch}, but the "
+                    f"sampler yields only {done} batches in that epoch (did the training data, max_duration, "
+                    "the seed or the number of processes change since the state was saved?)")
+        self._view.current = it
+        try:
+            batches = iter(self.loader)
+        finally:
+            self._view.current = None
+        self._consumed = skip
+        return _Batches(self, batches)
 
     def state_dict(self) -> dict[str, Any]:
-        """Sampler state with the current epoch's batch count set to the batches consumed so far."""
-        sd = copy.deepcopy(self.sampler.state_dict())
-        diag = sd["diagnostics"]
-        stats = diag["stats_per_epoch"].setdefault(diag["current_epoch"], {"epoch": diag["current_epoch"]})
-        stats.update(kept_batches=self._consumed, discarded_batches=0)
-        return sd
+        """``{"epoch", "count"}``: the batches of the current epoch handed out so far."""
+        return {"epoch": self._epoch, "count": self._consumed}
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
-        sd = copy.deepcopy(sd)
-        diag = sd["diagnostics"]
-        self._consumed = int(diag["stats_per_epoch"].get(diag["current_epoch"], {}).get("kept_batches", 0))
-        self.sampler.load_state_dict(sd)
-        self._restored = True
+        """Continue, at the next ``iter()``, after ``count`` batches of ``epoch``.
+
+        Also reads the states that earlier versions of the trainer wrote (``{"inner": <lhotse
+        sampler state>, "count"}``), so that their checkpoints resume.
+        """
+        try:
+            epoch = int(sd["epoch"] if "epoch" in sd else sd["inner"]["epoch"])
+            count = int(sd["count"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError("AsrDataLoader.load_state_dict: expected {'epoch': int, 'count': int}, got "
+                             f"{sorted(sd) if isinstance(sd, dict) else type(sd).__name__}") from None
+        if count < 0:
+            raise ValueError(f"AsrDataLoader.load_state_dict: count must be >= 0, got {count}")
+        self.set_epoch(epoch)
+        self._skip = self._consumed = count
+
+
+class _Batches:
+    """One pass over an :class:`AsrDataLoader`: the torch iterator, counting the batches handed out."""
+
+    def __init__(self, owner: AsrDataLoader, it: Iterator[Any]) -> None:
+        self._owner, self._it = owner, it
+
+    def __iter__(self) -> "_Batches":
+        return self
+
+    def __next__(self) -> Any:
+        batch = next(self._it)
+        self._owner._consumed += 1
+        return batch
 
 
 def make_dataloader(
@@ -112,8 +177,4 @@ def make_dataloader(
                 cuts, num_buckets=max(2, min(num_buckets, head)), buffer_size=buffer_size, **common
             )
     dataset = AsrDataset(tokenizer, speed_perturb=speed_perturb, hooks=hooks, seed=seed, return_cuts=return_cuts)
-    loader = torch.utils.data.DataLoader(
-        dataset, sampler=sampler, batch_size=None, num_workers=num_workers,
-        persistent_workers=False,
-    )
-    return AsrDataLoader(loader)
+    return AsrDataLoader(dataset, sampler, num_workers=num_workers, persistent_workers=False)

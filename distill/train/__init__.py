@@ -7,7 +7,7 @@ from .averaging import average_checkpoints, average_state_dicts
 from .checkpoint import CheckpointError, atomic_save, latest_valid_checkpoint, load_model_state
 from .config import FreezeConfig, OptimConfig, ScheduleConfig, TrainConfig
 from .lock import ExpDirLock, ExpDirLocked
-from .samplers import IndexBatchSampler, TrackedSampler
+from .samplers import IndexBatchSampler
 from .schedulers import SCHEDULES, build_scheduler, register_schedule, schedule_factor
 from .trainer import FitResult, LossResult, Trainer, TrainingDiverged, build_optimizer, describe_batch
 
@@ -15,6 +15,6 @@ __all__ = [
     "Trainer", "TrainConfig", "OptimConfig", "ScheduleConfig", "FreezeConfig", "LossResult", "FitResult",
     "TrainingDiverged", "build_optimizer", "describe_batch", "average_checkpoints", "average_state_dicts",
     "CheckpointError", "atomic_save", "latest_valid_checkpoint", "load_model_state", "ExpDirLock",
-    "ExpDirLocked", "IndexBatchSampler", "TrackedSampler", "SCHEDULES", "build_scheduler",
+    "ExpDirLocked", "IndexBatchSampler", "SCHEDULES", "build_scheduler",
     "register_schedule", "schedule_factor",
 ]

@@ -7,14 +7,19 @@
   ``torch.load(weights_only=True)`` (no arbitrary unpickling). RNG states are stored as tensors/lists.
 * Full training checkpoints live in ``<exp_dir>/checkpoints/ckpt-<step>.pt``;
   :func:`latest_valid_checkpoint` returns the newest one that loads, warning about broken ones.
+* Fault-injection hook for the tests (tests/test_faults_process.py): when the environment variable
+  ``DISTILL_TEST_KILL_IN_WRITE`` equals a file name (e.g. ``ckpt-00000004.pt``), the process writes half
+  of that file's temporary copy and then SIGKILLs itself, as a crash in the middle of a write would.
 """
 from __future__ import annotations
 
 import errno
+import io
 import logging
 import os
 import random
 import re
+import signal
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -55,6 +60,20 @@ def _write(obj: Any, f: Any) -> None:
     torch.save(obj, f)
 
 
+KILL_IN_WRITE_ENV = "DISTILL_TEST_KILL_IN_WRITE"
+
+
+def _write_half_and_die(obj: Any, f: Any) -> None:
+    """The test hook of the module docstring: half of the bytes reach the disk, then SIGKILL."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    data = buf.getvalue()
+    f.write(data[: len(data) // 2])
+    f.flush()
+    os.fsync(f.fileno())
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _find_os_error(e: BaseException) -> Optional[OSError]:
     """The OSError that caused ``e`` (torch may wrap the file object's error in a RuntimeError)."""
     seen = set()
@@ -78,6 +97,8 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     tmp = path.parent / f".{path.name}{_TMP_MARK}{os.getpid()}"
     try:
         with open(tmp, "wb") as f:
+            if os.environ.get(KILL_IN_WRITE_ENV) == path.name:
+                _write_half_and_die(obj, f)
             _write(obj, f)
             f.flush()
             os.fsync(f.fileno())

@@ -41,7 +41,6 @@ from . import distributed as du
 from .averaging import average_checkpoints
 from .config import TrainConfig
 from .lock import ExpDirLock, ExpDirLocked
-from .samplers import TrackedSampler
 from .schedulers import build_scheduler
 
 __all__ = ["LossResult", "FitResult", "TrainingDiverged", "Trainer", "describe_batch", "move_to_device",
@@ -215,9 +214,12 @@ class Trainer:
             call ``model(...)`` (the wrapper's forward) once per batch.
         train_loader: an iterable of batches, iterated once per epoch. Tensors nested in dicts/lists
             are moved to the device by the trainer.
-        sampler: the object whose ``set_epoch``/``state_dict``/``load_state_dict`` pin the data order
-            (default: ``train_loader.sampler`` when it has them). Wrap lhotse samplers in
-            :class:`~distill.train.samplers.TrackedSampler` when the loader prefetches (workers).
+        sampler: the object whose ``set_epoch``/``state_dict``/``load_state_dict`` pin the data position
+            (default: ``train_loader`` itself when it has them, e.g. :class:`distill.data.AsrDataLoader`,
+            else ``train_loader.sampler`` when it has them). Its ``state_dict()`` must describe the
+            position after the batches the loop has consumed, which a sampler behind prefetching
+            workers does not; ``iter(train_loader)`` must draw its random seeds at once, as the RNG
+            state is restored right after it.
         validate: ``(model) -> {metric: value}``, called on every rank with the unwrapped model in
             eval mode under ``torch.no_grad``; rank 0's values are used.
         freeze_fns: extra ``(predicate(name) -> bool, steps)`` freezing rules (``steps=-1``: always).
@@ -226,6 +228,8 @@ class Trainer:
         device: overrides ``cfg.device``.
         model_meta: plain values (e.g. the model's config as a dict) stored as ``meta`` in model
             files and checkpoints, so that a decoder can rebuild the model from ``best.pt`` alone.
+        exp_lock: the lock of ``cfg.exp_dir`` when the caller already holds it (it took it before
+            writing anything there); :meth:`fit` then neither takes nor releases it.
     """
 
     def __init__(self, cfg: TrainConfig, model: nn.Module, compute_loss: ComputeLoss,
@@ -233,20 +237,24 @@ class Trainer:
                  freeze_fns: Sequence[tuple[Callable[[str], bool], int]] = (),
                  describe_batch: Callable[[Any], str] = describe_batch,
                  on_step_end: Optional[Callable[["Trainer"], None]] = None,
-                 device: Optional[str | torch.device] = None, model_meta: Optional[dict] = None) -> None:
+                 device: Optional[str | torch.device] = None, model_meta: Optional[dict] = None,
+                 exp_lock: Optional[ExpDirLock] = None) -> None:
         cfg.validate()
         self.cfg = cfg
         self.model = model
         self.compute_loss = compute_loss
         self.train_loader = train_loader
         if sampler is None:
-            cand = getattr(train_loader, "sampler", None)
-            sampler = cand if cand is not None and hasattr(cand, "state_dict") else None
+            for cand in (train_loader, getattr(train_loader, "sampler", None)):
+                if hasattr(cand, "state_dict") and hasattr(cand, "load_state_dict"):
+                    sampler = cand
+                    break
         self.sampler = sampler
         self.validate_fn = validate
         self.describe = describe_batch
         self.on_step_end = on_step_end
         self.model_meta = dict(model_meta or {})
+        self.exp_lock = exp_lock
         self.exp_dir = Path(cfg.exp_dir)
         self.ckpt_dir = self.exp_dir / "checkpoints"
         dev = device if device is not None else cfg.device
@@ -343,17 +351,15 @@ class Trainer:
             log.warning("precision=%s needs CUDA; training in fp32 on %s", cfg.precision, self.device)
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision) if cuda else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype is torch.float16)
-        if (self.sampler is not None and not isinstance(self.sampler, TrackedSampler)
+        if (self.sampler is not None and self.sampler is getattr(self.train_loader, "sampler", None)
                 and getattr(self.train_loader, "num_workers", 0) > 0):
-            log.warning("the DataLoader prefetches with workers but the sampler is not wrapped in "
-                        "TrackedSampler: a mid-epoch resume may skip the prefetched batches")
+            log.warning("the DataLoader prefetches with workers and its sampler's state counts the prefetched "
+                        "batches: a mid-epoch resume may skip them (use distill.data.AsrDataLoader)")
 
     # ------------------------------------------------------------------ checkpoints
     def _sampler_state(self) -> Any:
         if self.sampler is None or not hasattr(self.sampler, "state_dict") or self.batch_in_epoch == 0:
             return None  # at an epoch boundary set_epoch() alone restores the order
-        if isinstance(self.sampler, TrackedSampler):
-            return self.sampler.tracked_state_dict(self.batch_in_epoch)
         return self.sampler.state_dict()
 
     def _trainer_state(self) -> dict:
@@ -389,7 +395,7 @@ class Trainer:
                 log.info("checkpoint %s written (epoch %d, batch %d of the epoch)", path, self.epoch,
                          self.batch_in_epoch)
             except ckpt.CheckpointError as e:
-                err = str(e)
+                err = f"{e}; the newest complete checkpoint is {self._last_ckpt_path or 'none yet'}"
         err = du.broadcast_object(err)
         if err is not None:
             raise ckpt.CheckpointError(err)
@@ -792,7 +798,13 @@ class Trainer:
                 self.sampler.set_epoch(self.epoch)
             if self._pbar is not None:
                 self._pbar.set_description(f"epoch {self.epoch}")
-            it = iter(self.train_loader)
+            try:
+                it = iter(self.train_loader)
+            except (RuntimeError, ValueError) as e:
+                if not (mid_epoch and self._pending_rng is not None):
+                    raise
+                raise ckpt.CheckpointError(f"'{self._last_ckpt_path}': cannot restore its data position (epoch "
+                                           f"{self.epoch}, batch {self.batch_in_epoch}): {e}") from e
             skip, self._pending_skip = self._pending_skip, 0
             for _ in range(skip):
                 next(it)
@@ -871,9 +883,10 @@ class Trainer:
                 h.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s [rank {self.rank}] "
                                                  "[%(name)s] %(message)s", datefmt="%Y-%m-%d %H:%M:%S"))
                 root.addHandler(h)
-        lock = ExpDirLock(self.exp_dir)
+        lock = self.exp_lock if self.exp_lock is not None else ExpDirLock(self.exp_dir)
+        own_lock = not lock.held
         err = None
-        if self.rank == 0:
+        if self.rank == 0 and own_lock:
             try:
                 lock.acquire()
             except ExpDirLocked as e:
@@ -903,4 +916,5 @@ class Trainer:
             for s, h in old_handlers.items():
                 signal.signal(s, h)
             self._close_outputs()
-            lock.release()
+            if own_lock:
+                lock.release()
