@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Literal, Optional
 
-from distill.config import dump_config, parse_cli
+from distill.config import ConfigError, dump_config, parse_cli
 from distill.data import report as R
 from distill.data.manifests import LOGICAL_SPLITS, write_part, write_splits_index
 from distill.data.prep_common import DataPrepError
@@ -80,6 +80,31 @@ def resolve_splits(cfg: "PrepareManifestsConfig") -> dict[str, list[str]]:
     return splits
 
 
+def check_inputs(cfg: PrepareManifestsConfig) -> None:
+    """What can be checked before anything is written; :class:`ConfigError` naming the key."""
+    if cfg.download and cfg.corpus != "librispeech":
+        raise ConfigError(f"key 'download': only supported for librispeech, not {cfg.corpus}")
+    if cfg.corpus_dir is None and not cfg.download:
+        raise ConfigError("missing required key 'corpus_dir' (or download=true for LibriSpeech)")
+    if cfg.corpus_dir is not None and not cfg.download and not Path(cfg.corpus_dir).exists():
+        raise ConfigError(f"key 'corpus_dir': path '{cfg.corpus_dir}' does not exist")
+    try:
+        resolve_splits(cfg)
+    except DataPrepError as e:
+        raise ConfigError(f"key '{'parts' if cfg.parts else 'splits'}': {e}") from None
+
+
+def _config_source(argv: list[str] | None) -> str:
+    """The config file named on the command line, as :func:`distill.config.load_config` names it."""
+    import argparse
+
+    ap = argparse.ArgumentParser(add_help=False)
+    ap.add_argument("--config")
+    args, rest = ap.parse_known_args(sys.argv[1:] if argv is None else argv)
+    src = args.config or "<defaults>"
+    return src + (" (with command-line overrides)" if any("=" in x for x in rest) else "")
+
+
 def run(cfg: PrepareManifestsConfig) -> R.PrepReport:
     """Prepare all parts named in ``cfg.splits``; returns the report (also written to summary.json)."""
     t0 = time.time()
@@ -125,6 +150,11 @@ def run(cfg: PrepareManifestsConfig) -> R.PrepReport:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_cli(PrepareManifestsConfig, argv, description=__doc__)
+    try:
+        check_inputs(cfg)
+    except ConfigError as e:
+        print(f"error: {_config_source(argv)}: {e}", file=sys.stderr)
+        return 2
     setup_logging(cfg.log_file or Path(cfg.out_dir) / "prepare_manifests.log")
     try:
         run(cfg)

@@ -255,13 +255,40 @@ def resample(x: np.ndarray, sr_in: int, sr_out: int, zeros: int = 24, rolloff: f
     return y[0].T.reshape(-1)[:n_out].numpy().copy()
 
 
+_SOUNDFILE_BACKEND = None
+
+
+def _soundfile_backend():
+    """lhotse's libsndfile audio backend (one instance).
+
+    Audio files are read with it and nothing else: lhotse's default backend hands ``*.sph`` paths (and,
+    with ``LHOTSE_LEGACY_OPUS_LOADING=1``, ``*.opus`` paths) to a shell command line, where a file name
+    with shell metacharacters would run as code. Stage 0 accepts only files soundfile can read, so this
+    loses nothing. Kaldi ``cmd |`` sources still run their command (that is their format).
+    """
+    global _SOUNDFILE_BACKEND
+    if _SOUNDFILE_BACKEND is None:
+        from lhotse.audio.backend import LibsndfileBackend
+
+        _SOUNDFILE_BACKEND = LibsndfileBackend()
+    return _SOUNDFILE_BACKEND
+
+
 def load_cut_audio(cut) -> np.ndarray:
     """A cut's samples as float32 mono at the cut's sampling rate (channels are averaged).
 
     Recordings stage 0 marked for resampling are read at their own rate, down-mixed, then resampled
     with :func:`resample`: lhotse's own Resample transform needs torchaudio or scipy, and
     its libsox fallback garbles multi-channel audio (it hands libsox strided channel views).
+    Files are decoded by soundfile only (see :func:`_soundfile_backend`).
     """
+    from lhotse.audio.backend import audio_backend
+
+    with audio_backend(_soundfile_backend()):
+        return _load_cut_audio(cut)
+
+
+def _load_cut_audio(cut) -> np.ndarray:
     from lhotse.augmentation.torchaudio import Resample
     from lhotse.utils import compute_num_samples, fastcopy
 

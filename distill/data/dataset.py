@@ -32,8 +32,9 @@ class AsrDataset(torch.utils.data.Dataset):
 
     Speed perturbation picks one factor per cut uniformly from ``speed_perturb`` (e.g. ``(0.9, 1.0,
     1.1)``), with a random generator seeded from ``seed`` and the batch's cut ids, so a batch is
-    augmented the same way whichever worker loads it. A cut whose audio cannot be loaded is skipped
-    with a warning naming it; a batch where every cut fails raises.
+    augmented the same way whichever worker loads it. A cut whose audio cannot be loaded (or holds NaN/inf
+    samples, which the model refuses) is skipped with a warning naming it; a batch where every cut fails
+    raises.
     """
 
     def __init__(
@@ -69,6 +70,8 @@ class AsrDataset(torch.utils.data.Dataset):
                     wav = Speed(factor)(wav[None], TARGET_SR)[0]
                 if wav.size == 0:
                     raise ValueError("no samples")
+                if not np.isfinite(wav).all():  # stage 0 decodes only the ends of a file
+                    raise ValueError("audio contains NaN or inf")
             except Exception as e:  # noqa: BLE001 — any loader error: skip this cut, name it
                 self.num_failed += 1
                 log.warning("skipping cut %s: audio could not be loaded (%s: %s)", cut.id, type(e).__name__, e)

@@ -143,7 +143,9 @@ class Fsa:
         try:
             d = torch.load(str(p), map_location=map_location, weights_only=True)
         except Exception as e:  # torch raises several types for corrupt files
-            raise ValueError(f"{p}: cannot read the graph: {e}") from None
+            from distill.train.checkpoint import load_error_detail
+
+            raise ValueError(f"{p}: cannot read the graph: {load_error_detail(e)}") from None
         if not isinstance(d, dict):
             raise ValueError(f"{p}: not a saved distill Fsa")
         return cls.from_dict(d, where=str(p))

@@ -17,6 +17,7 @@ import errno
 import io
 import logging
 import os
+import pickle
 import random
 import re
 import signal
@@ -119,6 +120,26 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     return path
 
 
+_REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def refused_global(e: BaseException) -> Optional[str]:
+    """The Python object ``torch.load(weights_only=True)`` refused to unpickle, when that is what failed."""
+    m = _REFUSED_GLOBAL.search(str(e)) if isinstance(e, pickle.UnpicklingError) else None
+    return m.group(1) if m else None
+
+
+def load_error_detail(e: BaseException) -> str:
+    """One line saying why a ``weights_only`` load failed (torch's own first line advises retrying
+    without ``weights_only``, which would run whatever code the file carries)."""
+    name = refused_global(e)
+    if name is not None:
+        return (f"it holds the Python object '{name}', which none of our files contains: refused without running "
+                "it (a foreign or tampered file; never load it with weights_only=False)")
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"
+
+
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """Load a checkpoint/model file with ``weights_only=True``; :class:`CheckpointError` if unreadable."""
     path = Path(path)
@@ -127,8 +148,8 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint '{path}' does not exist") from None
     except Exception as e:  # truncated zip, bad pickle, disallowed global ...
-        raise CheckpointError(f"checkpoint '{path}' is unreadable (truncated or corrupt?): "
-                              f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+        what = "is refused" if refused_global(e) else "is unreadable (truncated or corrupt?)"
+        raise CheckpointError(f"checkpoint '{path}' {what}: {load_error_detail(e)}") from e
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint '{path}' does not hold a dict (got {type(obj).__name__})")
     return obj

@@ -29,6 +29,7 @@ from distill.models.config import W2V2Config
 from distill.models.wav2vec2 import W2V2Model
 
 from . import distributed as du
+from .checkpoint import load_error_detail
 from .trainer import LossResult
 
 __all__ = ["TeacherTask", "DistillTask", "TeacherCache", "TeacherCacheError", "compute_loss",
@@ -216,7 +217,8 @@ class TeacherCache:
         try:
             obj = torch.load(p, map_location="cpu", weights_only=True)
         except Exception as e:  # truncated file (killed writer on a filesystem without atomic rename)
-            log.warning("teacher cache file %s for cut %s is unreadable (%s); recomputing it", p, cut_id, e)
+            log.warning("teacher cache file %s for cut %s is unreadable (%s); recomputing it", p, cut_id,
+                        load_error_detail(e))
             return None
         if obj.get("id") != cut_id:
             raise TeacherCacheError(f"teacher cache file {p} holds cut {obj.get('id')!r}, expected {cut_id!r}")
