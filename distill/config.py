@@ -16,7 +16,7 @@ import dataclasses
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, Sequence, TypeVar, Union
+from typing import Any, Callable, Literal, Sequence, TypeVar, Union
 
 import yaml
 
@@ -151,7 +151,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
     Override values are parsed as YAML scalars (``lr=1e-4``, ``freeze=true``, ``chunks=[16,24]``).
     """
     data: dict = {}
-    src = str(path) if path is not None else "<defaults>"
+    src = config_source(path, overrides)
     if path is not None:
         p = Path(path)
         if not p.is_file():
@@ -174,10 +174,13 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
         except yaml.YAMLError:
             parsed = v
         _set_dotted(data, k.strip(), parsed)
-        src_note = " (with command-line overrides)"
-        if not src.endswith(src_note):
-            src += src_note
     return _build(cls, data, src)
+
+
+def config_source(path: str | Path | None, overrides: Sequence[str] = ()) -> str:
+    """How error messages name a step's configuration: the file, and whether overrides changed it."""
+    src = str(path) if path is not None else "<defaults>"
+    return src + (" (with command-line overrides)" if overrides else "")
 
 
 def config_to_dict(cfg: Any) -> dict:
@@ -201,11 +204,13 @@ def dump_config(cfg: Any, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), encoding="utf-8")
 
 
-def parse_cli(cls: type[T], argv: Sequence[str] | None = None, description: str | None = None) -> T:
+def parse_cli(cls: type[T], argv: Sequence[str] | None = None, description: str | None = None,
+              check: Callable[[T], None] | None = None) -> T:
     """Standard command line of a step: ``--config FILE`` and ``key=value`` overrides.
 
     ``--print-config`` prints the effective configuration and exits. Configuration errors exit with
-    status 2 and a one-line message, before any work starts.
+    status 2 and a one-line message naming the key and the file, before any work starts; ``check``
+    adds a step's own validation (cross-field rules, inputs that must exist) raising ConfigError.
     """
     ap = argparse.ArgumentParser(description=description or cls.__doc__)
     ap.add_argument("--config", help="YAML file with the step's options")
@@ -214,6 +219,11 @@ def parse_cli(cls: type[T], argv: Sequence[str] | None = None, description: str 
     args = ap.parse_args(argv)
     try:
         cfg = load_config(cls, args.config, args.overrides)
+        if check is not None:
+            try:
+                check(cfg)
+            except ConfigError as e:
+                raise ConfigError(f"{config_source(args.config, args.overrides)}: {e}") from None
     except ConfigError as e:
         ap.exit(2, f"error: {e}\n")
     if args.print_config:

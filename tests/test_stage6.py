@@ -293,9 +293,15 @@ def test_config_errors(stage6, tmp_path, capsys):
         decode.main(["--config", str(conf), "methods=[greedy, beam]"])
     assert e.value.code == 2
     rows = "[{name: a, path: x}, {name: a, path: y}]"
-    assert decode.main(["--config", str(conf), f"models={rows}"]) == 2
+    for bad in ([f"models={rows}"], ["methods=[greedy]", "primary_method=hlg"]):
+        with pytest.raises(SystemExit) as e:
+            decode.main(["--config", str(conf), *bad])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert f"{conf} (with command-line overrides): key '" in err  # the file and the key
+    with pytest.raises(SystemExit):
+        decode.main(["--config", str(conf), f"models={rows}"])
     assert "result row 'a'" in capsys.readouterr().err
-    assert decode.main(["--config", str(conf), "methods=[greedy]", "primary_method=hlg"]) == 2
     # a missing graph is an input error naming the file and the command that builds it
     rc = decode.main(["--config", str(conf), f"graph_dir={tmp_path / 'none'}", f"out_dir={tmp_path / 'd'}",
                       f"exp_root={tmp_path / 'e'}"])

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from distill.config import ConfigError, dump_config, parse_cli
+from distill.config import dump_config, parse_cli
 from distill.decode.evaluate import DecodeConfig, check_config, run
 from distill.log import setup_logging
 
@@ -25,12 +25,7 @@ log = logging.getLogger("distill.bin.decode")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    cfg = parse_cli(DecodeConfig, argv)
-    try:
-        check_config(cfg)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    cfg = parse_cli(DecodeConfig, argv, check=check_config)
     out = Path(cfg.out_dir)
     setup_logging(cfg.log_file or out / "decode.log")
     dump_config(cfg, out / "decode.yaml")

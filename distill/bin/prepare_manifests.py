@@ -94,17 +94,6 @@ def check_inputs(cfg: PrepareManifestsConfig) -> None:
         raise ConfigError(f"key '{'parts' if cfg.parts else 'splits'}': {e}") from None
 
 
-def _config_source(argv: list[str] | None) -> str:
-    """The config file named on the command line, as :func:`distill.config.load_config` names it."""
-    import argparse
-
-    ap = argparse.ArgumentParser(add_help=False)
-    ap.add_argument("--config")
-    args, rest = ap.parse_known_args(sys.argv[1:] if argv is None else argv)
-    src = args.config or "<defaults>"
-    return src + (" (with command-line overrides)" if any("=" in x for x in rest) else "")
-
-
 def run(cfg: PrepareManifestsConfig) -> R.PrepReport:
     """Prepare all parts named in ``cfg.splits``; returns the report (also written to summary.json)."""
     t0 = time.time()
@@ -149,12 +138,7 @@ def run(cfg: PrepareManifestsConfig) -> R.PrepReport:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_cli(PrepareManifestsConfig, argv, description=__doc__)
-    try:
-        check_inputs(cfg)
-    except ConfigError as e:
-        print(f"error: {_config_source(argv)}: {e}", file=sys.stderr)
-        return 2
+    cfg = parse_cli(PrepareManifestsConfig, argv, description=__doc__, check=check_inputs)
     setup_logging(cfg.log_file or Path(cfg.out_dir) / "prepare_manifests.log")
     try:
         run(cfg)

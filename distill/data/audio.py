@@ -285,7 +285,37 @@ def load_cut_audio(cut) -> np.ndarray:
     from lhotse.audio.backend import audio_backend
 
     with audio_backend(_soundfile_backend()):
-        return _load_cut_audio(cut)
+        try:
+            return _load_cut_audio(cut)
+        except Exception as e:  # noqa: BLE001 - any decoder error becomes one readable message
+            raise AudioLoadError(f"cut '{cut.id}': {_root_reason(e)}") from e
+
+
+class AudioLoadError(ValueError):
+    """A cut's audio cannot be read; the message names the cut and the decoder's reason."""
+
+
+def _root_reason(e: BaseException) -> str:
+    """The innermost readable cause of a loader error, on one line.
+
+    lhotse re-raises decoder errors as ``type(e)(message)`` with call context appended, and nested
+    wrappers can make soundfile's error unprintable (its ``str`` then raises ``TypeError``); the
+    original error at the bottom of the chain says what is wrong with the file.
+    """
+    chain: list[BaseException] = []
+    x: BaseException | None = e
+    while x is not None and x not in chain:
+        chain.append(x)
+        x = x.__cause__ or x.__context__
+    for x in reversed(chain):
+        try:
+            text = str(x)
+        except Exception:  # noqa: BLE001 - an unprintable wrapper: try the next one out
+            continue
+        lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith(("[extra info]", "Set LHOTSE_"))]
+        if lines:
+            return f"{type(x).__name__}: {' '.join(' '.join(lines).split())}"
+    return type(e).__name__
 
 
 def _load_cut_audio(cut) -> np.ndarray:
