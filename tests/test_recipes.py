@@ -1,20 +1,34 @@
-"""Recipe stages 0-2 of all three recipes, run through their run.sh on the tiny demo corpus in its three
-layouts (Kaldi dirs, LibriSpeech tree, GigaSpeech release)."""
+"""The three recipes run through their run.sh on the tiny demo corpus in its three layouts (Kaldi dirs,
+LibriSpeech tree, GigaSpeech release): stages 0-2 with the full-size configs (inhouse), stages 0-6 with
+the CI-sized ``conf/tiny`` configs (librispeech, gigaspeech; the inhouse chain is tests/test_pipeline.py).
+
+The helpers below (recipe copies, output and result checks) are shared with tests/test_pipeline.py.
+"""
 from __future__ import annotations
 
+import ast
+import contextlib
 import json
+import math
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+RECIPES = ("inhouse", "librispeech", "gigaspeech")
+SCLITE = shutil.which("sclite") or next(
+    (p for p in ("/usr/lib/sctk/bin/sclite", "/usr/bin/sclite") if Path(p).is_file()), None)
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
-pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 
 
 def _env() -> dict:
@@ -37,13 +51,14 @@ def corpus(tmp_path_factory) -> Path:
 
 
 def recipe_copy(tmp_path: Path, name: str, vocab_size: int = 40) -> Path:
-    """A copy of egs/<name> (configs may be edited) whose utils/ and path.sh lead back to this checkout."""
+    """A copy of egs/<name> (configs may be edited) whose utils/ and path.sh lead back to this checkout.
+    Its full-size conf/lang.yaml gets a token set the tiny corpus can train (conf/tiny has its own)."""
     d = tmp_path / "egs" / name
     shutil.copytree(REPO / "egs" / name, d, symlinks=True, ignore=shutil.ignore_patterns("data", "exp", "download"))
     (tmp_path / "utils").symlink_to(REPO / "utils")
     lang = d / "conf" / "lang.yaml"
     cfg = yaml.safe_load(lang.read_text())
-    cfg["tokenizer"]["vocab_size"] = vocab_size  # the tiny corpus has too little text for the real size
+    cfg["tokenizer"]["vocab_size"] = vocab_size
     lang.write_text(yaml.safe_dump(cfg))
     return d
 
@@ -52,6 +67,42 @@ def run_recipe(d: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", str(d / "run.sh"), *args], capture_output=True, text=True, env=_env())
 
 
+def run_recipes(jobs: dict[str, tuple[Path, tuple[str, ...]]]) -> dict[str, subprocess.CompletedProcess]:
+    """Several recipe runs side by side (name -> recipe copy and run.sh arguments). Their processes are
+    single-threaded, so on a 2-core CI machine two runs take little longer than one. Output goes to files
+    (a full pipe would block a run)."""
+    procs: dict[str, tuple[subprocess.Popen, list]] = {}
+    try:
+        for name, (d, args) in jobs.items():
+            files = [open(d / f"run.{s}.txt", "w+") for s in ("stdout", "stderr")]
+            procs[name] = (subprocess.Popen(["bash", str(d / "run.sh"), *args], stdout=files[0], stderr=files[1],
+                                            text=True, env=_env(), start_new_session=True), files)
+        done = {}
+        for name, (p, files) in procs.items():
+            p.wait()
+            texts = []
+            for f in files:
+                f.seek(0)
+                texts.append(f.read())
+            done[name] = subprocess.CompletedProcess(p.args, p.returncode, *texts)
+        return done
+    finally:
+        for p, files in procs.values():
+            if p.poll() is None:  # interrupted: stop this run.sh and the steps it started (its session)
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+            for f in files:
+                f.close()
+
+
+def run_sh_default(name: str, var: str) -> list[str]:
+    """The default value (a space-separated list) of ``var=...`` in egs/<name>/run.sh."""
+    m = re.search(rf'^{var}="([^"]*)"', (REPO / "egs" / name / "run.sh").read_text(), re.MULTILINE)
+    assert m, f"egs/{name}/run.sh sets no {var}"
+    return m[1].split()
+
+
+# ------------------------------------------------------------------------------------------ stages 0-2
 def check_outputs(d: Path, splits: dict[str, int]) -> None:
     index = yaml.safe_load((d / "data" / "manifests" / "splits.yaml").read_text())
     assert set(index["splits"]) >= {"train", "dev", "test"}
@@ -77,22 +128,289 @@ def corpus_counts(corpus: Path) -> dict[str, int]:
     return {s: len((corpus / "kaldi" / s / "text").read_text().splitlines()) for s in ("train", "dev", "test")}
 
 
-def test_inhouse_kaldi_dirs(tmp_path, corpus):
-    d = recipe_copy(tmp_path, "inhouse")
-    r = run_recipe(d, "--stop-stage", "2", "--corpus-dir", str(corpus / "kaldi"))
+# ------------------------------------------------------------------------------------------ stages 3-5
+_RUNTIME_TRAIN_KEYS = {"exp_dir", "device", "resume", "seed", "exclude_from_checkpoint", "export_prefix",
+                       "ddp_find_unused_parameters"}  # filled in by distill.bin.train from the top level
+
+
+def check_config_used(d: Path, name: str, conf_dir: str = "conf/tiny") -> dict:
+    """exp/<name>/train.yaml (the config the run dumped) is <conf_dir>/<name>.yaml with device=cpu: the
+    run used that file, not a fall-back to a full-size conf/<name>.yaml. Returns the dumped config."""
+    from distill.bin.train import TrainStageConfig
+    from distill.config import config_to_dict, load_config
+
+    with contextlib.chdir(d):  # the config's paths are relative to the recipe directory
+        want = config_to_dict(load_config(TrainStageConfig, f"{conf_dir}/{name}.yaml", ["device=cpu"]))
+    got = yaml.safe_load((d / "exp" / name / "train.yaml").read_text())
+    assert got["exp_dir"] == f"exp/{name}"
+    for key in want:
+        if key == "train":
+            w = {k: v for k, v in want["train"].items() if k not in _RUNTIME_TRAIN_KEYS}
+            g = {k: v for k, v in got["train"].items() if k not in _RUNTIME_TRAIN_KEYS}
+            assert g == w, f"exp/{name}/train.yaml: train section differs from {conf_dir}/{name}.yaml"
+        else:
+            assert got[key] == want[key], f"exp/{name}/train.yaml: key '{key}' differs from {conf_dir}/{name}.yaml"
+    return got
+
+
+def check_trained(d: Path, name: str, vocab: int, streaming_chunk: Optional[int] = None) -> int:
+    """A finished training run in exp/<name>: log records, the averaged final model as a loadable Hugging
+    Face directory of the lang's vocabulary; returns the model's parameter count."""
+    from distill.models import load_pretrained
+
+    exp = d / "exp" / name
+    cfg = check_config_used(d, name)
+    n_steps = cfg["train"]["max_steps"]
+    recs = [json.loads(line) for line in (exp / "train_log.jsonl").read_text().splitlines() if line.strip()]
+    assert max(r["step"] for r in recs) == n_steps, f"{name}: log does not reach update {n_steps}"
+    valid = [r for r in recs if r.get("type") == "valid"]
+    assert valid and valid[-1]["step"] == n_steps and "wer" in valid[-1], f"{name}: no final validation"
+    final = json.loads((exp / "final.json").read_text())
+    assert final["source"] == "avg2.pt", f"{name}: final model from {final['source']}, config says final: avg"
+    assert len(list((exp / "checkpoints").glob("ckpt-*.pt"))) == 2, f"{name}: avg2.pt needs two checkpoints"
+    assert (exp / "avg2.pt").is_file() and (exp / "last.pt").is_file() and (exp / "best.pt").is_file()
+    model = load_pretrained(str(exp / "model"))
+    assert model.config.vocab_size == vocab, f"{name}: {model.config.vocab_size} outputs, lang has {vocab}"
+    assert model.config.chunk_frames == (streaming_chunk or 0), f"{name}: chunk {model.config.chunk_frames}"
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+# ------------------------------------------------------------------------------------------ stage 6
+def expected_rows(decode_cfg: dict) -> list[tuple[str, dict, Optional[int]]]:
+    """(row name, config row, chunk) per RESULTS.md row of a decode config, computed here from the rule
+    of docs/stage6.md: a row with several chunk sizes gives ``<name>-<chunk x 20>ms`` rows."""
+    out = []
+    for row in decode_cfg["models"]:
+        chunks = row.get("chunks")
+        if chunks and len(chunks) > 1:
+            out += [(f"{row['name']}-{c * 20}ms" if c else f"{row['name']}-full", row, c) for c in chunks]
+        else:
+            out.append((row["name"], row, chunks[0] if chunks else None))
+    return out
+
+
+def _parse_tables(md: str) -> dict[str, list[list[str]]]:
+    """RESULTS.md: per '## <test set>' section, the cells of the result table's body rows."""
+    tables: dict[str, list[list[str]]] = {}
+    section = None
+    for line in md.splitlines():
+        if line.startswith("## "):
+            section = line[3:].strip()
+        elif section is not None and line.startswith("| ") and not line.startswith("| ---") \
+                and not line.startswith("| model"):
+            tables.setdefault(section, []).append([c.strip() for c in line.strip().strip("|").split("|")])
+    return tables
+
+
+def _num(cell: str) -> float:
+    cell = cell.replace(",", "").replace(" ms", "").replace(" M", "e6")
+    return float(cell)
+
+
+def _read_recogs(path: Path) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    refs: dict[str, list[str]] = {}
+    hyps: dict[str, list[str]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        uid, _, rest = line.partition(":\t")
+        side, _, words = rest.partition("=")
+        (refs if side == "ref" else hyps)[uid] = ast.literal_eval(words)
+    assert refs and set(refs) == set(hyps), f"{path}: refs and hyps differ in utterances"
+    return refs, hyps
+
+
+def oracle_errors(tmp: Path, refs: dict[str, list[str]], hyps: dict[str, list[str]]) -> Optional[int]:
+    """Total errors (S + D + I) counted by the sclite binary (SCTK), or None when it is not installed."""
+    if SCLITE is None:
+        return None
+    tmp.mkdir(parents=True, exist_ok=True)
+    for name, texts in (("ref.trn", refs), ("hyp.trn", hyps)):
+        (tmp / name).write_text("".join(" ".join(w) + f" ({u})\n" for u, w in texts.items()), encoding="utf-8")
+    out = subprocess.run([SCLITE, "-r", str(tmp / "ref.trn"), "trn", "-h", str(tmp / "hyp.trn"), "trn",
+                          "-i", "rm", "-o", "pralign", "stdout"], capture_output=True, text=True, check=True).stdout
+    scores = re.findall(r"^Scores: \(#C #S #D #I\) (\d+) (\d+) (\d+) (\d+)$", out, re.MULTILINE)
+    assert len(scores) == len(refs), f"sclite scored {len(scores)} of {len(refs)} utterances:\n{out[-2000:]}"
+    return sum(int(s) + int(d) + int(i) for _, s, d, i in scores)
+
+
+def check_results(d: Path, test_sets: list[str], tmp: Path, trained: Optional[set[str]] = None) -> list[dict]:
+    """Stage 6 outputs of the recipe copy ``d``: RESULTS.md, results.json, plots, per-model scoring files.
+
+    Every row of the decode config the run used is in results.json in config order with complete,
+    well-typed fields; rows of ``trained`` models (all when None) are scored, the others "not trained";
+    RESULTS.md shows the same rows with the same numbers; each scored WER is recomputed from the recogs
+    file with sclite. Returns results.json."""
+    exp = d / "exp"
+    dec_cfg = yaml.safe_load((exp / "decode" / "decode.yaml").read_text())
+    tiny = yaml.safe_load((d / "conf" / "tiny" / "decode.yaml").read_text())
+    assert dec_cfg["models"] == [{"form": "fp32", "chunks": None, **m} for m in tiny["models"]], \
+        "stage 6 did not use conf/tiny/decode.yaml"
+    rows = expected_rows(tiny)
+    own_chunk = yaml.safe_load((d / "conf" / "tiny" / "stage2.yaml").read_text())["streaming"]["chunk_frames"][0]
+    results = json.loads((exp / "results.json").read_text())
+    assert isinstance(results, list) and [r["name"] for r in results] == [n for n, _, _ in rows]
+    methods = dec_cfg["methods"]
+    primary = dec_cfg["primary_method"] or ("hlg" if "hlg" in methods else methods[0])
+    by_name = {}
+    for (name, row, chunk), r in zip(rows, results):
+        by_name[name] = r
+        for key in ("name", "params", "size_mb", "rtf", "latency_ms", "wer"):
+            assert key in r, f"results.json row {name}: no '{key}'"
+        ok = trained is None or row["path"].split("/")[1] in trained
+        if not ok:
+            assert r["status"] == "not trained" and r["wer"] == {} and r["params"] is None, name
+            continue
+        assert r["status"] == "ok", f"{name}: {r.get('status')}"
+        assert isinstance(r["params"], int) and r["params"] > 0, name
+        for key in ("size_mb", "rtf"):
+            assert isinstance(r[key], float) and math.isfinite(r[key]) and r[key] > 0, (name, key, r[key])
+        streaming = "streaming" in name
+        if streaming:
+            assert r["latency_ms"] == 20 * (chunk or own_chunk), (name, r["latency_ms"])
+        else:
+            assert r["latency_ms"] is None, name
+        assert set(r["wer"]) == set(test_sets), (name, r["wer"])
+        assert all(isinstance(w, float) and w >= 0 for w in r["wer"].values()), (name, r["wer"])
+        assert r["form"] == row.get("form", "fp32")
+        # per-model files, and the WER recomputed from the scored words by an independent scorer
+        out = exp / "decode" / name
+        assert json.loads((out / "result.json").read_text()) == r
+        for ts in test_sets:
+            for m in methods:
+                for kind in ("recogs", "errs", "wer-summary"):
+                    assert (out / f"{kind}-{ts}-{m}.txt").is_file(), f"{name}: no {kind}-{ts}-{m}.txt"
+                refs, hyps = _read_recogs(out / f"recogs-{ts}-{m}.txt")
+                e = r["errors"][ts][m]
+                assert e["ref_words"] == sum(len(w) for w in refs.values()) and e["num_utts"] == len(refs)
+                n_err = e["ins"] + e["del"] + e["sub"]
+                assert r["wer_by_method"][ts][m] == round(100 * n_err / e["ref_words"], 2)
+                want = oracle_errors(tmp / name / f"{ts}-{m}", refs, hyps)
+                if want is not None:
+                    assert n_err == want, f"{name} {ts} {m}: {n_err} errors, sclite counts {want}"
+            assert r["wer"][ts] == r["wer_by_method"][ts][primary]
+            summary = (out / f"wer-summary-{ts}-{primary}.txt").read_text().split()
+            assert float(summary[summary.index(primary) + 1]) == pytest.approx(r["wer"][ts], abs=0.005)
+    # RESULTS.md: the same rows in the same order, the same numbers
+    md = (exp / "RESULTS.md").read_text()
+    tables = _parse_tables(md)
+    teacher = by_name.get(dec_cfg["teacher"])
+    for ts in test_sets:
+        body = tables[ts]
+        assert [c[0] for c in body] == [n for n, _, _ in rows], f"RESULTS.md {ts}: rows differ from results.json"
+        for cells in body:
+            r = by_name[cells[0]]
+            if r["status"] != "ok":
+                assert cells[1] == "not trained", cells
+                continue
+            params, size, rtf, lat, wer_, rel = cells[1:7]
+            why = f"RESULTS.md row {cells} disagrees with results.json"
+            assert _num(params) == pytest.approx(r["params"], abs=0.05e6 if params.endswith("M") else 0), why
+            assert _num(size) == pytest.approx(r["size_mb"], abs=0.05 if r["size_mb"] >= 1 else 0.0005), why
+            assert _num(rtf) == pytest.approx(r["rtf"], abs=0.0000501), why
+            assert (lat == "-") if r["latency_ms"] is None else _num(lat) == pytest.approx(r["latency_ms"]), why
+            assert _num(wer_) == pytest.approx(r["wer"][ts], abs=0.005), why
+            tw = teacher["wer"][ts] if teacher and teacher["status"] == "ok" else None
+            if r is teacher:
+                assert rel == "(teacher)"
+            elif tw:
+                assert rel == f"{100 * (r['wer'][ts] - tw) / tw:+.1f}%", cells
+    # plots: non-trivial PNG files
+    for png in [f"wer_vs_latency_{ts}.png" for ts in test_sets] + [f"wer_vs_size_{ts}.png" for ts in test_sets] \
+            + ["training_curves.png"]:
+        data = (exp / png).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 2000, png
+    return results
+
+
+def check_stage_log(stderr: str, blocks: list[str]) -> None:
+    """Every stage block ran to its end (the 'finished' line of utils/stage.sh), none was skipped."""
+    for b in blocks:
+        assert f"{b}: finished in" in stderr, f"'{b}' did not finish:\n{stderr[-3000:]}"
+    assert "already done" not in stderr
+
+
+# ------------------------------------------------------------------------------------------ the tests
+@pytest.mark.parametrize("name", RECIPES)
+def test_tiny_configs_cover_the_default_run(name, tmp_path, monkeypatch):
+    """Every config the default run of stages 1 and 3-6 reads has a CI-sized version in conf/tiny (a missing
+    one would silently fall back to the full-size conf/<name>.yaml), each a valid, small, one-thread config
+    writing to exp/<its name>."""
+    from distill.bin.train import TrainStageConfig, check_config
+    from distill.config import ConfigError, load_config
+
+    monkeypatch.chdir(tmp_path)  # the paths the configs name, as a recipe directory has them after stage 2
+    for p in ("data/lang", "exp/teacher/model", "exp/stage1/model"):
+        (tmp_path / p).mkdir(parents=True)
+    tiny = REPO / "egs" / name / "conf" / "tiny"
+    train = ["teacher"] + run_sh_default(name, "stage1_configs") + run_sh_default(name, "stage2_configs")
+    missing = [c for c in train + ["lang", "decode"] if not (tiny / f"{c}.yaml").is_file()]
+    assert not missing, f"egs/{name}/conf/tiny lacks {missing}"
+    for c in train:
+        cfg = load_config(TrainStageConfig, str(tiny / f"{c}.yaml"), [])
+        assert cfg.exp_dir == f"exp/{c}", f"conf/tiny/{c}.yaml writes to {cfg.exp_dir}"
+        assert cfg.train.max_steps <= 20 and cfg.num_threads == 1 and cfg.num_workers == 0, c
+        try:
+            check_config(cfg, c)
+        except ConfigError as e:  # the den graph only exists after stage 2
+            assert "denominator graph" in str(e), e
+    decode = yaml.safe_load((tiny / "decode.yaml").read_text())
+    paths = {m["path"].split("/")[1] for m in decode["models"]}
+    assert paths <= set(train), f"conf/tiny/decode.yaml decodes models no tiny config trains: {paths - set(train)}"
+    assert decode["num_threads"] == 1 and decode["max_utts"] <= 50
+
+
+# Stages 0-6 with conf/tiny; stage 4/5 train only the DistillW2V2 students (the baselines run the same
+# code and are covered by tests/test_pipeline.py): their decode rows must read "not trained".
+_SHORT = ("--conf-dir", "conf/tiny", "--stage1-configs", "stage1", "--stage2-configs", "stage2")
+_SHORT_BLOCKS = ["Stage 0 (data)", "Stage 1 (lang)", "Stage 2 (denominator graph)", "Stage 3 (teacher)",
+                 "Stage 4 (stage-1 distillation: stage1)", "Stage 5 (stage-2 (streaming) distillation: stage2)",
+                 "Stage 6 (decode + score)"]
+
+
+@pytest.fixture(scope="module")
+def runs(corpus, tmp_path_factory) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
+    """The recipe runs of this module's tests, started together: inhouse stages 0-2 with the full-size
+    configs on the Kaldi layout, librispeech and gigaspeech stages 0-6 (short chain) on their layouts."""
+    d = {n: recipe_copy(tmp_path_factory.mktemp(n), n) for n in RECIPES}
+    jobs = {
+        "inhouse": (d["inhouse"], ("--stop-stage", "2", "--corpus-dir", str(corpus / "kaldi"))),
+        "librispeech": (d["librispeech"], ("--corpus-dir", str(corpus), "--parts",
+                                           "train-clean-100 dev-clean test-clean", *_SHORT)),
+        "gigaspeech": (d["gigaspeech"], ("--corpus-dir", str(corpus / "GigaSpeech"), "--subsets", "XS DEV TEST",
+                                         *_SHORT)),
+    }
+    return {n: (d[n], r) for n, r in run_recipes(jobs).items()}
+
+
+@needs_espeak
+def test_inhouse_kaldi_dirs(runs, corpus):
+    d, r = runs["inhouse"]
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Stage 0 (data): started" in r.stderr and "Stage 2 (denominator graph): finished" in r.stderr
     check_outputs(d, corpus_counts(corpus))
-    # a second run skips both stages; a later stage that does not exist yet fails clearly
+    # a second run skips all three stage blocks (demo corpus not generated: --corpus-dir)
     r = run_recipe(d, "--stop-stage", "2", "--corpus-dir", str(corpus / "kaldi"))
     assert r.returncode == 0 and r.stderr.count("already done") == 3
 
 
-def test_librispeech_tree(tmp_path, corpus):
-    d = recipe_copy(tmp_path, "librispeech")
-    r = run_recipe(d, "--stop-stage", "2", "--corpus-dir", str(corpus), "--parts",
-                   "train-clean-100 dev-clean test-clean")
+def check_short_chain(d: Path, tmp: Path) -> list[dict]:
+    vocab = len((d / "data" / "lang" / "tokens.txt").read_text().splitlines())
+    assert vocab == yaml.safe_load((d / "conf" / "tiny" / "lang.yaml").read_text())["tokenizer"]["vocab_size"]
+    n_teacher = check_trained(d, "teacher", vocab)
+    n_student = check_trained(d, "stage1", vocab)
+    chunk = yaml.safe_load((d / "conf" / "tiny" / "stage2.yaml").read_text())["streaming"]["chunk_frames"][0]
+    check_trained(d, "stage2", vocab, streaming_chunk=chunk)
+    assert n_student < n_teacher
+    for c in ("stage1_labels_only", "stage1_frame_kl", "stage2_labels_only"):
+        assert not (d / "exp" / c).exists(), f"exp/{c} was trained although not asked for"
+    test_sets = sorted(yaml.safe_load((d / "data" / "lang" / "cuts.yaml").read_text())["test"])
+    return check_results(d, test_sets, tmp, trained={"teacher", "stage1", "stage2"})
+
+
+@needs_espeak
+def test_librispeech_tree(runs, corpus, tmp_path):
+    d, r = runs["librispeech"]
     assert r.returncode == 0, r.stderr[-3000:]
+    check_stage_log(r.stderr, _SHORT_BLOCKS)
     check_outputs(d, corpus_counts(corpus))
     ids = {line.split()[0] for line in (corpus / "kaldi" / "test" / "text").read_text().splitlines()}
     import lhotse
@@ -102,23 +420,22 @@ def test_librispeech_tree(tmp_path, corpus):
     for path in test_cuts.values():
         got |= {c.supervisions[0].id for c in lhotse.CutSet.from_file(d / "data" / "lang" / path)}
     assert got == ids
+    check_short_chain(d, tmp_path / "sclite")
 
 
-def test_gigaspeech_release(tmp_path, corpus):
-    d = recipe_copy(tmp_path, "gigaspeech")
-    r = run_recipe(d, "--stop-stage", "2", "--corpus-dir", str(corpus / "GigaSpeech"), "--subsets", "XS DEV TEST")
+@needs_espeak
+def test_gigaspeech_release(runs, corpus, tmp_path):
+    d, r = runs["gigaspeech"]
     assert r.returncode == 0, r.stderr[-3000:]
+    check_stage_log(r.stderr, _SHORT_BLOCKS)
     check_outputs(d, corpus_counts(corpus))
     summary = json.loads((d / "data" / "manifests" / "summary.json").read_text())
     assert "garbage" in json.dumps(summary).lower(), "garbage-only segments should be dropped and counted"
     text = (d / "data" / "lang" / "train_text.txt").read_text()
     assert "<COMMA>" not in text and "<PERIOD>" not in text
-
-
-def test_inhouse_demo_default_path(tmp_path):
-    """Without --corpus-dir the inhouse recipe generates the demo corpus itself."""
-    d = recipe_copy(tmp_path, "inhouse")
-    r = run_recipe(d, "--stop-stage", "2", "--demo-size", "tiny")
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert (d / "download" / "demo" / "kaldi" / "train" / "wav.scp").is_file()
-    check_outputs(d, corpus_counts(d / "download" / "demo"))
+    results = check_short_chain(d, tmp_path / "sclite")
+    # GigaSpeech scoring: both sides normalised (no punctuation tags or fillers in the scored words)
+    assert yaml.safe_load((d / "exp" / "decode" / "decode.yaml").read_text())["normalize"] == "gigaspeech"
+    for ts in results[0]["wer"]:
+        refs, _ = _read_recogs(d / "exp" / "decode" / "teacher" / f"recogs-{ts}-hlg.txt")
+        assert refs and not any(w.startswith("<") for ws in refs.values() for w in ws)

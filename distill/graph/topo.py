@@ -1,11 +1,10 @@
 """The standard CTC topology (blank = 0), as an `Fsa` acceptor and as a kaldifst transducer."""
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from distill.graph.fsa import Fsa
+if TYPE_CHECKING:  # torch is imported by ctc_topo only: ctc_topo_fst (decode graphs) does not need it
+    from distill.graph.fsa import Fsa
 
 __all__ = ["ctc_topo", "ctc_topo_fst"]
 
@@ -23,6 +22,10 @@ def ctc_topo(num_tokens: int) -> Fsa:
     every frame sequence once, so it is the denominator graph of a flat (uniform) P: with it the
     numerator equals plain CTC.
     """
+    import torch
+
+    from distill.graph.fsa import Fsa
+
     _check_v(num_tokens)
     v = num_tokens
     src = torch.arange(v).repeat_interleave(v)

@@ -1,0 +1,116 @@
+"""The CI-sized DistillW2V2 pipeline: ``egs/inhouse/run.sh --demo-size tiny --conf-dir conf/tiny``, stages
+0-6 (demo corpus, manifests, lang, den graph, teacher, stage-1 student and baselines, streaming student and
+baseline, decode + score), run once in a copy of the recipe; each test checks one part of what it made."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from test_recipes import (PNG_MAGIC, check_outputs, check_results, check_stage_log, check_trained,
+                          corpus_counts, needs_espeak, recipe_copy, run_recipe, run_sh_default)
+
+pytestmark = needs_espeak
+
+ARGS = ("--demo-size", "tiny", "--conf-dir", "conf/tiny")
+STAGE1 = run_sh_default("inhouse", "stage1_configs")
+STAGE2 = run_sh_default("inhouse", "stage2_configs")
+BLOCKS = (["Stage 0 (demo corpus)", "Stage 0 (data)", "Stage 1 (lang)", "Stage 2 (denominator graph)",
+           "Stage 3 (teacher (pretrained))"]
+          + [f"Stage 4 (stage-1 distillation: {c})" for c in STAGE1]
+          + [f"Stage 5 (stage-2 (streaming) distillation: {c})" for c in STAGE2]
+          + ["Stage 6 (decode + score)"])
+MAX_SECONDS = 300  # measured ~130 s on 2 loaded CPU cores; a blow-up (e.g. thread oversubscription) fails
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory) -> tuple[Path, str, float]:
+    """The recipe copy after the full tiny run, its stderr and its wall time."""
+    d = recipe_copy(tmp_path_factory.mktemp("pipeline"), "inhouse")
+    t0 = time.monotonic()
+    r = run_recipe(d, *ARGS)
+    seconds = time.monotonic() - t0
+    assert r.returncode == 0, r.stderr[-4000:]
+    return d, r.stderr, seconds
+
+
+@pytest.fixture(scope="module")
+def vocab(chain) -> int:
+    d = chain[0]
+    return len((d / "data" / "lang" / "tokens.txt").read_text().splitlines())
+
+
+def test_every_stage_ran(chain):
+    d, stderr, seconds = chain
+    check_stage_log(stderr, BLOCKS)
+    run_log = (d / "exp" / "run.log").read_text()
+    assert all(f"{b}: finished in" in run_log for b in BLOCKS)
+    assert seconds <= MAX_SECONDS, f"the tiny chain took {seconds:.0f} s (> {MAX_SECONDS} s)"
+
+
+def test_data_lang_and_den_graph(chain, vocab):
+    d = chain[0]
+    demo = d / "download" / "demo"
+    assert (demo / "kaldi" / "train" / "wav.scp").is_file()
+    check_outputs(d, corpus_counts(demo))
+    assert vocab == yaml.safe_load((d / "conf" / "tiny" / "lang.yaml").read_text())["tokenizer"]["vocab_size"]
+
+
+def _components(d: Path, name: str) -> set[str]:
+    """Loss components logged by the training run exp/<name>."""
+    recs = [json.loads(x) for x in (d / "exp" / name / "train_log.jsonl").read_text().splitlines() if x.strip()]
+    known = {"hid", "out", "mmi_kd", "lfmmi", "ctc", "kl", "feat"}
+    return {k for r in recs if r.get("type") == "train" for k in r if k in known}
+
+
+def test_training_stages(chain, vocab):
+    """Stages 3-5: every run used its conf/tiny config, finished, averaged two checkpoints and exported a
+    model; each trained the loss terms its config weights."""
+    d = chain[0]
+    chunk = yaml.safe_load((d / "conf" / "tiny" / "stage2.yaml").read_text())["streaming"]["chunk_frames"][0]
+    n_teacher = check_trained(d, "teacher", vocab)
+    n_s1 = {c: check_trained(d, c, vocab) for c in STAGE1}
+    n_s2 = {c: check_trained(d, c, vocab, streaming_chunk=chunk) for c in STAGE2}
+    assert len(set(n_s1.values()) | set(n_s2.values())) == 1, "students differ in size"
+    assert n_s1["stage1"] < n_teacher
+    assert _components(d, "teacher") == {"lfmmi", "ctc"}
+    assert _components(d, "stage1") == {"hid", "out", "mmi_kd", "lfmmi"}
+    assert _components(d, "stage1_labels_only") == {"lfmmi"}
+    assert _components(d, "stage1_frame_kl") == {"kl"}
+    assert _components(d, "stage2") == {"hid", "out", "mmi_kd"}
+    assert _components(d, "stage2_labels_only") == {"lfmmi"}
+    stage2 = yaml.safe_load((d / "exp" / "stage2" / "train.yaml").read_text())
+    assert stage2["teacher"] == stage2["student"]["init_from"] == "exp/stage1/model"
+
+
+def test_decode_graphs(chain, vocab):
+    g = chain[0] / "data" / "lang_test"
+    for name, kind in (("HLG.fst", "word"), ("HP.fst", "token")):
+        info = json.loads((g / f"{name}.json").read_text())
+        assert info["kind"] == kind and info["num_tokens"] == vocab and info["num_arcs"] > 0, info
+        assert (g / name).stat().st_size > 0
+
+
+def test_results_complete_and_consistent(chain, tmp_path):
+    """Stage 6: RESULTS.md and results.json have every configured row with complete fields and the same
+    numbers; WERs agree with sclite on the scored words; the plots exist."""
+    d = chain[0]
+    results = check_results(d, ["test"], tmp_path)
+    names = [r["name"] for r in results]
+    for kind in ("teacher", "student", "streaming", "labels-only", "frame-kl", "int8"):
+        assert any(kind in n for n in names), f"no {kind} row in {names}"
+    assert all(r["status"] == "ok" for r in results), "every model of the tiny run is trained"
+    forms = {r["form"] for r in results}
+    assert forms == {"fp32", "int8", "onnx-int8"}
+    assert (d / "exp" / "training_curves.png").read_bytes().startswith(PNG_MAGIC)
+    md = (d / "exp" / "RESULTS.md").read_text()
+    assert "not trained" not in md and "## Streaming: measured compute and latency" in md
+
+
+def test_rerun_skips_every_stage(chain):
+    d = chain[0]
+    r = run_recipe(d, *ARGS)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stderr.count("already done") == len(BLOCKS) and "started" not in r.stderr
