@@ -18,7 +18,7 @@ ARGS = ("--demo-size", "tiny", "--conf-dir", "conf/tiny")
 STAGE1 = run_sh_default("inhouse", "stage1_configs")
 STAGE2 = run_sh_default("inhouse", "stage2_configs")
 BLOCKS = (["Stage 0 (demo corpus)", "Stage 0 (data)", "Stage 1 (lang)", "Stage 2 (denominator graph)",
-           "Stage 3 (teacher (pretrained))"]
+           "Stage 3 (teacher)"]
           + [f"Stage 4 (stage-1 distillation: {c})" for c in STAGE1]
           + [f"Stage 5 (stage-2 (streaming) distillation: {c})" for c in STAGE2]
           + ["Stage 6 (decode + score)"])
@@ -114,3 +114,35 @@ def test_rerun_skips_every_stage(chain):
     r = run_recipe(d, *ARGS)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stderr.count("already done") == len(BLOCKS) and "started" not in r.stderr
+
+
+def test_teacher_from_scratch_and_packaged(chain, tmp_path):
+    """The CI-sized version of how the shipped demo teacher was made: ``--teacher-init scratch`` (stage 3
+    with conf/tiny/teacher_scratch.yaml: CTC first, then LF-MMI + CTC), then ``distill.bin.package_model``;
+    the package transcribes the test set through ``distill.bin.transcribe`` with nothing else."""
+    import shutil
+    import subprocess
+    import sys
+
+    src = chain[0]
+    d = recipe_copy(tmp_path, "inhouse")
+    for sub in ("download", "data"):
+        shutil.copytree(src / sub, d / sub, symlinks=True)
+    r = run_recipe(d, *ARGS, "--stage", "3", "--stop-stage", "3", "--teacher-init", "scratch")
+    assert r.returncode == 0, r.stderr[-3000:]
+    used = yaml.safe_load((d / "exp" / "teacher" / "train.yaml").read_text())
+    assert used["objective"]["ctc_only_steps"] == 4 and used["data"]["speed_perturb"] == [0.9, 1.0, 1.1]
+    assert _components(d, "teacher") == {"lfmmi", "ctc"}
+    bad = run_recipe(d, *ARGS, "--stage", "3", "--stop-stage", "3", "--teacher-init", "nonsense")
+    assert bad.returncode != 0 and "--teacher-init must be pretrained or scratch" in bad.stderr
+    pkg = tmp_path / "demo-teacher"
+    test_dir = d / "download" / "demo" / "kaldi" / "test"
+    p = subprocess.run([sys.executable, "-m", "distill.bin.package_model", "--model", str(d / "exp" / "teacher" / "model"),
+                        "--lang-dir", str(d / "data" / "lang"), "--train-dir", str(d / "exp" / "teacher"),
+                        "--out", str(pkg), "--test-dir", str(test_dir), "--command", "./run.sh --teacher-init scratch"],
+                       capture_output=True, text=True, cwd=d)
+    assert p.returncode == 0, p.stderr[-3000:]
+    card = json.loads((pkg / "card.json").read_text())
+    assert card["training"]["updates"] == 10 and card["test_wer"]["num_utts"] == len(
+        (test_dir / "text").read_text().splitlines())
+    assert (pkg / "bpe.model").is_file() and (pkg / "train.yaml").is_file()

@@ -26,6 +26,7 @@ help_message="Usage: $0 [options]   (DistillW2V2 on Kaldi-format in-house data, 
 . utils/parse_options.sh
 . ./path.sh
 . utils/stage.sh
+case $teacher_init in pretrained|scratch) ;; *) echo "$0: --teacher-init must be pretrained or scratch" >&2; exit 1;; esac
 
 if [ -z "$corpus_dir" ]; then
   corpus_dir=$demo_dir/kaldi
@@ -51,12 +52,10 @@ if [ $stage -le 2 ] && [ $stop_stage -ge 2 ] && stage_begin 2 "denominator graph
   stage_end
 fi
 
-if [ $stage -le 3 ] && [ $stop_stage -ge 3 ] && stage_begin 3 "teacher ($teacher_init)" exp/teacher "$(conf teacher)" data/lang/.done.stage2 "$teacher_init"; then
-  if [ "$teacher_init" = scratch ]; then   # retrain the demo teacher from scratch (hours on a CPU)
-    launch distill.bin.train --config "$(conf teacher_scratch)" device="$device" exp_dir=exp/teacher
-  else                                     # import the shipped demo teacher, fine-tune it with LF-MMI
-    launch distill.bin.train --config "$(conf teacher)" device="$device"
-  fi
+teacher_conf=$(conf teacher)   # import the shipped demo teacher and fine-tune it with LF-MMI
+if [ "$teacher_init" = scratch ]; then teacher_conf=$(conf teacher_scratch); fi   # or retrain it (hours on a CPU)
+if [ $stage -le 3 ] && [ $stop_stage -ge 3 ] && stage_begin 3 "teacher" exp/teacher "$teacher_conf" data/lang/.done.stage2; then
+  launch distill.bin.train --config "$teacher_conf" device="$device" exp_dir=exp/teacher
   stage_end
 fi
 
