@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import math
 import os
 import random
 import statistics
@@ -177,10 +176,16 @@ def bench_vocab(v: int, args: argparse.Namespace, device: torch.device, student_
     print(f"  LF-MMI fwd+bwd B={b_n} T={t_n}: {t_lfmmi:.3f} s (of which numerator graphs {t_num:.3f} s), "
           f"ratio to student step: {ratio}; lfmmi_kd_loss fwd+bwd: {t_kd:.3f} s")
     limit = 2 * score_bytes + graph_bytes
+    # alphas of every frame are kept (no recomputation) when they fit fb._STORE_BYTES: say so
+    store = fb._segment_size(fb.SharedLayout(g, b_n, v), scores, t_n, 0) == 1
+    store_mb = b_n * t_n * g.num_states * torch.finfo(g.dtype).bits / 8 / 2**20
+    res["alphas_stored_mb"] = store_mb if store else 0.0
     if mem >= 0:
         print(f"  peak memory of the loss (incl. the gradient): {res['peak_mb']:.1f} MB; scores "
               f"{res['scores_mb']:.1f} MB; goal <= 2 x scores + graph = {limit / 2**20:.1f} MB: "
-              f"{'met' if mem <= limit else 'NOT met'}")
+              f"{'met' if mem <= limit else 'NOT met'}"
+              + (f" (den alphas of all frames kept: {store_mb:.1f} MB, within the "
+                 f"{fb._STORE_BYTES / 2**20:.0f} MiB allowance fb._STORE_BYTES)" if store else ""))
     else:
         print(f"  peak memory not profiled on CPU for {g.num_states} states; scores {res['scores_mb']:.1f} MB")
     return res

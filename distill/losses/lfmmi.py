@@ -133,10 +133,11 @@ class _Occupancy(torch.autograd.Function):
         return fb.hvp(ctx.layout, x, lengths, ctx.fw, grad), None, None
 
 
-def den_layout(scores: torch.Tensor, den: Fsa, dtype: torch.dtype | None = None) -> fb.SharedLayout:
-    """The shared (denominator) layout of ``den`` for a batch like ``scores``."""
+def den_layout(scores: torch.Tensor, den: Fsa, dtype: torch.dtype | None = None,
+               batch: int | None = None) -> fb.SharedLayout:
+    """The shared (denominator) layout of ``den`` for a batch like ``scores`` (of ``batch`` rows if given)."""
     g = fb.compile_graph(den, scores.device, _dtype(scores, dtype))
-    return fb.SharedLayout(g, scores.shape[0], scores.shape[2])
+    return fb.SharedLayout(g, scores.shape[0] if batch is None else batch, scores.shape[2])
 
 
 def den_log_z(scores: torch.Tensor, lengths: torch.Tensor | Sequence[int], den: Fsa,

@@ -223,46 +223,52 @@ class DistillObjective(nn.Module):
             if not torch.equal(teacher.lengths.to(lengths.device).long(), lengths):
                 raise ValueError(f"teacher and student frame counts differ: {teacher.lengths.tolist()} vs "
                                  f"{lengths.tolist()} (different front-end geometry?)")
+        for name in COMPONENTS:
+            if w[name] > 0:
+                value, n_bad = self.term(name, student_scores, lengths, student_hidden=student_hidden,
+                                         student_features=student_features, teacher=teacher, targets=targets)
+                total = total + w[name] * value
+                stats[name] = float(value.detach())
+                if n_bad:
+                    dropped[name] = n_bad
+        return ObjectiveResult(total, float(lengths.sum()), stats, dropped)
 
-        def add(name: str, value: Tensor) -> None:
-            nonlocal total
-            total = total + w[name] * value
-            stats[name] = float(value.detach())
-
-        if w["hid"] > 0:
+    def term(self, name: str, student_scores: Optional[Tensor], lengths: Tensor, *,
+             student_hidden: Sequence[Tensor] = (), student_features: Optional[Tensor] = None,
+             teacher: Optional[TeacherTargets] = None,
+             targets: Optional[Sequence[Sequence[int]]] = None) -> tuple[Tensor, int]:
+        """One unweighted component (a sum over the batch's valid frames) and the number of utterances
+        dropped from it (non-finite sequence losses). ``forward`` is the weighted sum of these; they are
+        separate so that bench_train can time each term's forward and backward."""
+        lengths = lengths.long()
+        if name == "hid":
             acc = torch.zeros((), device=lengths.device)
             for (s_i, t_i), proj in zip(self.pairs, self.proj):
                 acc = acc + masked_mse_sum(proj(student_hidden[s_i]), teacher.hidden[t_i], lengths)
-            add("hid", acc / max(1, len(self.pairs)))
-        if w["out"] > 0:
-            add("out", masked_mse_sum(student_scores, teacher.scores, lengths))
-        if w["mmi_kd"] > 0:
+            return acc / max(1, len(self.pairs)), 0
+        if name == "out":
+            return masked_mse_sum(student_scores, teacher.scores, lengths), 0
+        if name == "mmi_kd":
             with torch.autocast(student_scores.device.type, enabled=False):
                 per_utt = lfmmi_kd_loss(student_scores.float(), teacher.scores.float(), lengths, self.den)
-            value, n_bad = reduce_finite(per_utt)
-            dropped["mmi_kd"] = n_bad
-            add("mmi_kd", value)
-        if w["lfmmi"] > 0:
+            return reduce_finite(per_utt)
+        if name == "lfmmi":
             if targets is None:
                 raise ValueError("LF-MMI on labels needs the batch's token sequences")
             with torch.autocast(student_scores.device.type, enabled=False):
                 per_utt = self.lfmmi(student_scores.float(), lengths, targets)
-            value, n_bad = reduce_finite(per_utt)
-            dropped["lfmmi"] = n_bad
-            add("lfmmi", value)
-        if w["ctc"] > 0:
+            return reduce_finite(per_utt)
+        if name == "ctc":
             if targets is None:
                 raise ValueError("CTC needs the batch's token sequences")
             flat = torch.tensor([t for seq in targets for t in seq], dtype=torch.long, device=lengths.device)
             tlens = torch.tensor([len(seq) for seq in targets], dtype=torch.long, device=lengths.device)
             per_utt = F.ctc_loss(student_scores.float().transpose(0, 1), flat, lengths, tlens, blank=0,
                                  reduction="none", zero_infinity=False)
-            value, n_bad = reduce_finite(per_utt)
-            dropped["ctc"] = n_bad
-            add("ctc", value)
-        if w["kl"] > 0:
-            add("kl", frame_kl(student_scores, teacher.scores, lengths, self.cfg.kl_temperature))
-        if w["feat"] > 0:
+            return reduce_finite(per_utt)
+        if name == "kl":
+            return frame_kl(student_scores, teacher.scores, lengths, self.cfg.kl_temperature), 0
+        if name == "feat":
             assert self.feat_proj is not None and student_features is not None and teacher.features is not None
-            add("feat", masked_mse_sum(self.feat_proj(student_features), teacher.features, lengths))
-        return ObjectiveResult(total, float(lengths.sum()), stats, {k: v for k, v in dropped.items() if v})
+            return masked_mse_sum(self.feat_proj(student_features), teacher.features, lengths), 0
+        raise ValueError(f"unknown objective component {name!r} (one of {', '.join(COMPONENTS)})")
