@@ -107,8 +107,11 @@ def check_outputs(d: Path, splits: dict[str, int]) -> None:
     index = yaml.safe_load((d / "data" / "manifests" / "splits.yaml").read_text())
     assert set(index["splits"]) >= {"train", "dev", "test"}
     lang = d / "data" / "lang"
-    for f in ["tokens.txt", "words.txt", "lexicon.txt", "bpe.model", "train_token_ids.txt", "train_text.txt", "cuts.yaml"]:
+    files = ["tokens.txt", "words.txt", "lexicon.txt", "train_token_ids.txt", "train_text.txt", "cuts.yaml"]
+    kind = yaml.safe_load((lang / "prepare_lang.yaml").read_text())["tokenizer"]["type"]
+    for f in files + (["bpe.model"] if kind == "bpe" else []):
         assert (lang / f).is_file() and (lang / f).stat().st_size > 0, f
+    assert (lang / "bpe.model").exists() == (kind == "bpe")
     tokens = [line.split() for line in (lang / "tokens.txt").read_text().splitlines()]
     assert tokens[0] == ["<blk>", "0"]
     summary = json.loads((lang / "summary.json").read_text())
