@@ -177,8 +177,9 @@ def bench_vocab(v: int, args: argparse.Namespace, device: torch.device, student_
           f"ratio to student step: {ratio}; lfmmi_kd_loss fwd+bwd: {t_kd:.3f} s")
     limit = 2 * score_bytes + graph_bytes
     # alphas of every frame are kept (no recomputation) when they fit fb._STORE_BYTES: say so
-    store = fb._segment_size(fb.SharedLayout(g, b_n, v), scores, t_n, 0) == 1
-    store_mb = b_n * t_n * g.num_states * torch.finfo(g.dtype).bits / 8 / 2**20
+    layout = fb.SharedLayout(g, b_n, v)
+    store = fb._segment_size(layout, scores, t_n, 0) == 1
+    store_mb = t_n * layout.state_bytes() / 2**20
     res["alphas_stored_mb"] = store_mb if store else 0.0
     if mem >= 0:
         print(f"  peak memory of the loss (incl. the gradient): {res['peak_mb']:.1f} MB; scores "

@@ -16,7 +16,6 @@ import hashlib
 import json
 import logging
 import os
-import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -80,44 +79,14 @@ def compute_loss(model: nn.Module, batch: Mapping[str, Any]) -> LossResult:
                       audio_sec=float(batch["audio_lens"].sum()) / SAMPLE_RATE)
 
 
-class _Timer:
-    """Optional per-part wall-clock accounting (used by bench_train); synchronises CUDA when on."""
-
-    def __init__(self) -> None:
-        self.enabled = False
-        self.totals: dict[str, float] = {}
-
-    def section(self, name: str, device: torch.device) -> "_Section":
-        return _Section(self, name, device)
-
-
-class _Section:
-    def __init__(self, timer: _Timer, name: str, device: torch.device) -> None:
-        self.timer, self.name, self.device = timer, name, device
-
-    def __enter__(self) -> None:
-        if self.timer.enabled:
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            self.t0 = time.perf_counter()
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.timer.enabled:
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            t = self.timer.totals
-            t[self.name] = t.get(self.name, 0.0) + time.perf_counter() - self.t0
-
-
 class _TaskBase(nn.Module):
-    """What both tasks share: the update counter hook, dropped-utterance accounting, timing."""
+    """What both tasks share: the update counter hook and dropped-utterance accounting."""
 
     trained_prefix = ""
 
     def __init__(self) -> None:
         super().__init__()
         self.step_fn: Callable[[], int] = lambda: 10 ** 12  # set to the trainer's update counter
-        self.timer = _Timer()
         self.num_dropped: dict[str, int] = {}
 
     def trained_model(self) -> W2V2Model:
@@ -155,11 +124,8 @@ class TeacherTask(_TaskBase):
         return self.model
 
     def run(self, batch: Mapping[str, Any]):
-        dev = batch["audio"].device
-        with self.timer.section("model", dev):
-            out = self.model(batch["audio"], batch["audio_lens"])
-        with self.timer.section("loss", dev):
-            res = self.objective(out.scores, out.lengths, step=self.step_fn(), targets=batch["tokens"])
+        out = self.model(batch["audio"], batch["audio_lens"])
+        res = self.objective(out.scores, out.lengths, step=self.step_fn(), targets=batch["tokens"])
         self._note_dropped(res.dropped, batch)
         return res, out
 
@@ -364,30 +330,23 @@ class DistillTask(_TaskBase):
 
     # ---- the loss ----------------------------------------------------------------------------
     def run(self, batch: Mapping[str, Any]):
-        dev = batch["audio"].device
         step = self.step_fn()
         cfg = self.objective.cfg
         if self.chunks:
             self._set_chunk(self.draw_chunk() if self.training else self.chunks[0])
         wave, lens = batch["audio"], batch["audio_lens"]
         if step < cfg.feature_only_steps:  # input distillation, phase 1: front-ends only
-            with self.timer.section("teacher", dev):
-                t = self.teacher_targets(batch, features_only=True)
-            with self.timer.section("student", dev):
-                feats, out_lens = self.student.frontend_features(wave, lens)
-            with self.timer.section("loss", dev):
-                res = self.objective(None, out_lens, step=step, student_features=feats, teacher=t)
+            t = self.teacher_targets(batch, features_only=True)
+            feats, out_lens = self.student.frontend_features(wave, lens)
+            res = self.objective(None, out_lens, step=step, student_features=feats, teacher=t)
             return res, None
         w = cfg.weights(step)
         t = None
         if any(w[k] > 0 for k in ("hid", "out", "mmi_kd", "kl", "feat")):
-            with self.timer.section("teacher", dev):
-                t = self.teacher_targets(batch)
-        with self.timer.section("student", dev):
-            out = self.student(wave, lens)
-        with self.timer.section("loss", dev):
-            res = self.objective(out.scores, out.lengths, step=step, student_hidden=out.hidden_states,
-                                 student_features=out.features, teacher=t, targets=batch["tokens"])
+            t = self.teacher_targets(batch)
+        out = self.student(wave, lens)
+        res = self.objective(out.scores, out.lengths, step=step, student_hidden=out.hidden_states,
+                             student_features=out.features, teacher=t, targets=batch["tokens"])
         self._note_dropped(res.dropped, batch)
         return res, out
 
