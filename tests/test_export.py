@@ -22,7 +22,9 @@ from model_fixtures import tiny  # noqa: E402
 
 
 @pytest.mark.parametrize(
-    "kw", [dict(), dict(feat_extract_norm="group", conv_bias=False, do_stable_layer_norm=False), dict(frontend="fbank")]
+    "kw",
+    [dict(), dict(feat_extract_norm="group", conv_bias=False, do_stable_layer_norm=False), dict(frontend="fbank"),
+     dict(wave_norm="utterance"), dict(wave_norm="fixed", wave_mean=0.01, wave_std=0.2)],
 )
 def test_onnx_full_utterance_equals_torch(tmp_path, kw):
     torch.manual_seed(0)
@@ -46,10 +48,11 @@ def test_onnx_full_utterance_equals_torch(tmp_path, kw):
         assert (got[0][i, :n] - ref.scores[i, :n]).abs().max().item() <= 1e-4
 
 
-@pytest.mark.parametrize("frontend,left", [("cnn", None), ("cnn", 2), ("fbank", 1)])
-def test_onnx_streaming_step_equals_torch(tmp_path, frontend, left):
+@pytest.mark.parametrize("frontend,left,kw", [("cnn", None, {}), ("cnn", 2, {}), ("fbank", 1, {}),
+                                              ("cnn", 2, dict(wave_norm="fixed", wave_mean=0.01, wave_std=0.2))])
+def test_onnx_streaming_step_equals_torch(tmp_path, frontend, left, kw):
     torch.manual_seed(0)
-    m = build_model(tiny(frontend=frontend), 7).eval()
+    m = build_model(tiny(frontend=frontend, **kw), 7).eval()
     m.set_streaming(6, left)
     path = export_streaming_onnx(m, tmp_path / "step.onnx", 6, left)
     onnx_step = OnnxStreamingStep(StreamingStep(m, 6, left), path)

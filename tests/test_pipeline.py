@@ -83,6 +83,12 @@ def test_training_stages(chain, vocab):
     assert _components(d, "stage2_labels_only") == {"lfmmi"}
     stage2 = yaml.safe_load((d / "exp" / "stage2" / "train.yaml").read_text())
     assert stage2["teacher"] == stage2["student"]["init_from"] == "exp/stage1/model"
+    # input scaling: estimated on the training data for the teacher (wave_norm: fixed), inherited by
+    # every student (their CNN is the teacher's) down to the streaming one
+    scaling = {n: {k: json.loads((d / "exp" / n / "model" / "config.json").read_text())["distill"][k]
+                   for k in ("wave_norm", "wave_mean", "wave_std")} for n in ("teacher", *STAGE1, *STAGE2)}
+    assert scaling["teacher"]["wave_norm"] == "fixed" and 0.01 < scaling["teacher"]["wave_std"] < 0.5
+    assert all(v == scaling["teacher"] for v in scaling.values()), scaling
 
 
 def test_decode_graphs(chain, vocab):
@@ -118,7 +124,7 @@ def test_rerun_skips_every_stage(chain):
 
 def test_teacher_from_scratch_and_packaged(chain, tmp_path):
     """The CI-sized version of how the shipped demo teacher was made: ``--teacher-init scratch`` (stage 3
-    with conf/tiny/teacher_scratch.yaml: CTC first, then LF-MMI + CTC), then ``distill.bin.package_model``;
+    with conf/tiny/teacher_scratch.yaml: CTC first, then LF-MMI + CTC, input scaling estimated), then ``distill.bin.package_model``;
     the package transcribes the test set through ``distill.bin.transcribe`` with nothing else."""
     import shutil
     import subprocess
@@ -133,6 +139,8 @@ def test_teacher_from_scratch_and_packaged(chain, tmp_path):
     used = yaml.safe_load((d / "exp" / "teacher" / "train.yaml").read_text())
     assert used["objective"]["ctc_only_steps"] == 4 and used["data"]["speed_perturb"] == [0.9, 1.0, 1.1]
     assert _components(d, "teacher") == {"lfmmi", "ctc"}
+    model_cfg = json.loads((d / "exp" / "teacher" / "model" / "config.json").read_text())["distill"]
+    assert model_cfg["wave_norm"] == "fixed" and model_cfg["wave_std"] != 1.0
     bad = run_recipe(d, *ARGS, "--stage", "3", "--stop-stage", "3", "--teacher-init", "nonsense")
     assert bad.returncode != 0 and "--teacher-init must be pretrained or scratch" in bad.stderr
     pkg = tmp_path / "demo-teacher"

@@ -36,10 +36,11 @@ def run_stream(rec, wave, rng, lo=160, hi=16000):
     return torch.cat(outs)
 
 
-@pytest.mark.parametrize("stable,left", [(True, None), (True, 2), (False, 1), (False, 0)])
-def test_streaming_equals_chunk_masked_forward(stable, left):
+@pytest.mark.parametrize("stable,left,kw", [(True, None, {}), (True, 2, {}), (False, 1, {}), (False, 0, {}),
+                                           (True, 1, dict(wave_norm="fixed", wave_mean=-0.02, wave_std=0.3))])
+def test_streaming_equals_chunk_masked_forward(stable, left, kw):
     torch.manual_seed(0)
-    m = build_model(tiny(do_stable_layer_norm=stable), 7).eval()
+    m = build_model(tiny(do_stable_layer_norm=stable, **kw), 7).eval()
     streaming_model(m, 5, left)
     rng = np.random.default_rng(1)
     for seconds in (0.9, 2.37):

@@ -54,6 +54,9 @@ class ModelSection:
     # W2V2Config fields: with init: scratch any field (architecture too); with a checkpoint only fields
     # that keep the parameter layout (dropouts, layerdrop, mask_time_prob, ...)
     overrides: dict[str, Any] = field(default_factory=dict)
+    # init: scratch with overrides wave_norm: fixed and no wave_mean/wave_std: estimate them on this
+    # many training batches
+    wave_stats_batches: int = 20
 
 
 @dataclass
@@ -263,16 +266,24 @@ def _token_mismatch(model_path: Path, lang_dir: Path) -> str:
     return f"other tokens than {theirs} (its {ours} differs)"
 
 
-def build_teacher_model(cfg: TrainStageConfig, vocab: int) -> Any:
-    """Stage 3's model: pretrained (a new head when the checkpoint's does not fit) or from scratch."""
+def build_teacher_model(cfg: TrainStageConfig, vocab: int, stats_loader: Optional[Callable[[], Any]] = None) -> Any:
+    """Stage 3's model: pretrained (a new head when the checkpoint's does not fit) or from scratch.
+    ``stats_loader`` makes a loader of training batches for ``wave_norm: fixed`` statistics."""
     from torch import nn
 
     from distill.models import CheckpointError, build_model, load_pretrained
+    from distill.train.tasks import estimate_wave_stats
 
     m = cfg.model
     changes = {}
     if m.init == "scratch":
-        model = build_model(_preset_config(m.preset, m.overrides, "model.preset"), vocab)
+        mcfg = _preset_config(m.preset, m.overrides, "model.preset")
+        if (mcfg.wave_norm == "fixed" and not {"wave_mean", "wave_std"} & set(m.overrides)
+                and stats_loader is not None and m.wave_stats_batches > 0):
+            mean, std = estimate_wave_stats(stats_loader(), m.wave_stats_batches)
+            mcfg = mcfg.replace(wave_mean=mean, wave_std=std)
+            log.info("wave_norm fixed: mean %.3g, std %.4g from %d training batches", mean, std, m.wave_stats_batches)
+        model = build_model(mcfg, vocab)
     else:
         changes = dict(m.overrides)
         try:
@@ -297,7 +308,8 @@ def build_teacher_model(cfg: TrainStageConfig, vocab: int) -> Any:
 
 def build_task(cfg: TrainStageConfig, tokenizer: Any, cmvn_loader: Optional[Callable[[], Any]] = None) -> Any:
     """The module the trainer trains (see :mod:`distill.train.tasks`). ``cmvn_loader`` makes a loader of
-    training batches for the Fbank front-end's CMVN estimate (fresh students only)."""
+    training batches for the Fbank front-end's CMVN (fresh students) and ``wave_norm: fixed`` statistics
+    (teachers from scratch)."""
     from distill.graph.fsa import Fsa
     from distill.losses.objective import DistillObjective
     from distill.models import make_student
@@ -321,7 +333,7 @@ def build_task(cfg: TrainStageConfig, tokenizer: Any, cmvn_loader: Optional[Call
 
     sa = cfg.spec_augment
     if cfg.task == "teacher":
-        model = build_teacher_model(cfg, vocab)
+        model = build_teacher_model(cfg, vocab, cmvn_loader)
         T.add_channel_masking(model, sa.channel_masks, sa.channel_width)
         return T.TeacherTask(model, DistillObjective(obj_cfg, den, dims(model)))
 

@@ -382,7 +382,8 @@ def config_from_hf(d: dict, source: str) -> W2V2Config:
     if not d.get("apply_spec_augment", True):
         kw["mask_time_prob"] = 0.0
     extra = d.get("distill") or {}
-    known = {"frontend", "fbank_num_mel_bins", "fbank_channels", "mask_group_norm", "chunk_frames", "left_chunks", "causal_pos_conv"}
+    known = {"frontend", "fbank_num_mel_bins", "fbank_channels", "mask_group_norm", "chunk_frames", "left_chunks",
+             "causal_pos_conv", "wave_norm", "wave_mean", "wave_std"}
     bad = sorted(set(extra) - known)
     if bad:
         raise CheckpointError(f"{source}: unknown 'distill' config keys: {', '.join(bad)}")
@@ -415,6 +416,9 @@ def config_to_hf(cfg: W2V2Config, dtype: torch.dtype = torch.float32) -> dict:
         "chunk_frames": cfg.chunk_frames,
         "left_chunks": cfg.left_chunks,
         "causal_pos_conv": cfg.causal_pos_conv,
+        "wave_norm": cfg.wave_norm,
+        "wave_mean": cfg.wave_mean,
+        "wave_std": cfg.wave_std,
     }
     return d
 
@@ -444,6 +448,18 @@ def _as_state_dict(obj: Any, path: Path) -> dict[str, Tensor]:
     return obj
 
 
+def _hf_do_normalize(path: Path) -> bool:
+    """Whether the directory's ``preprocessor_config.json`` (HF feature extractor) normalises each
+    utterance (``do_normalize``, true for lv60 checkpoints); False without the file."""
+    f = path / "preprocessor_config.json"
+    if not f.is_file():
+        return False
+    try:
+        return bool(json.loads(f.read_text()).get("do_normalize", True))
+    except (json.JSONDecodeError, AttributeError) as e:
+        raise CheckpointError(f"{f}: invalid feature-extractor config: {e}") from None
+
+
 def _load_hf(path: Path, vocab_size: Optional[int]) -> W2V2Model:
     cfg_file = path / "config.json"
     if not cfg_file.exists():
@@ -453,6 +469,8 @@ def _load_hf(path: Path, vocab_size: Optional[int]) -> W2V2Model:
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{cfg_file}: invalid JSON: {e}") from None
     cfg = config_from_hf(d, str(cfg_file))
+    if "wave_norm" not in (d.get("distill") or {}) and _hf_do_normalize(path):
+        cfg = cfg.replace(wave_norm="utterance")
     sd = {k: v for k, v in _hf_to_ours(_read_hf_weights(path)).items()}
     extra = [k for k in sd if k.startswith(_HF_PRETRAIN_ONLY)]
     for k in extra:
@@ -489,6 +507,12 @@ def save_pretrained(model: W2V2Model, directory: str | Path, dtype: torch.dtype 
     sd = {_ours_to_hf_key(k): v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
     save_file(sd, str(out / "model.safetensors"), metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(config_to_hf(model.config, dtype), indent=2) + "\n")
+    # transformers' Wav2Vec2Processor reads the input scaling from here; "fixed" scaling it does not
+    # know (the model's config.json has it under "distill")
+    pre = {"feature_extractor_type": "Wav2Vec2FeatureExtractor", "feature_size": 1, "sampling_rate": 16000,
+           "padding_value": 0.0, "padding_side": "right", "return_attention_mask": True,
+           "do_normalize": model.config.wave_norm == "utterance"}
+    (out / "preprocessor_config.json").write_text(json.dumps(pre, indent=2) + "\n")
     return out
 
 
@@ -538,6 +562,22 @@ def _fairseq_model_cfg(ckpt: dict, source: str) -> dict:
     return model
 
 
+def _fairseq_normalize(ckpt: dict) -> bool:
+    """fairseq's ``task.normalize`` (per-utterance zero mean / unit variance input, lv60 models), from
+    the fine-tuning task or the pretraining one it wraps."""
+    cfg = to_plain(ckpt.get("cfg")) if ckpt.get("cfg") is not None else None
+    if not isinstance(cfg, dict):
+        args = to_plain(ckpt.get("args")) if ckpt.get("args") is not None else None
+        if not isinstance(args, dict):
+            return False
+        inner = args.get("w2v_args") if isinstance(args.get("w2v_args"), dict) else {}
+        return bool(args.get("normalize", inner.get("normalize", False)))
+    for task in (cfg.get("task"), ((cfg.get("model") or {}).get("w2v_args") or {}).get("task")):
+        if isinstance(task, dict) and "normalize" in task:
+            return bool(task["normalize"])
+    return False
+
+
 def config_from_fairseq(m: dict, sd: dict[str, Tensor], source: str) -> W2V2Config:
     """W2V2Config from a fairseq model configuration (fairseq defaults for absent fields)."""
     name = str(m.get("_name", m.get("arch", "wav2vec2")))
@@ -582,6 +622,8 @@ def _load_fairseq(path: Path, vocab_size: Optional[int]) -> W2V2Model:
     sd_fs = ckpt["model"]
     mcfg = _fairseq_model_cfg(ckpt, str(path))
     cfg = config_from_fairseq(mcfg, sd_fs, str(path))
+    if _fairseq_normalize(ckpt):
+        cfg = cfg.replace(wave_norm="utterance")
     try:
         sd = _hf_to_ours(fairseq_to_hf_state_dict(sd_fs, group_norm=cfg.feat_extract_norm == "group"))
     except CheckpointError as e:

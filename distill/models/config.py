@@ -63,6 +63,13 @@ class W2V2Config:
     chunk_frames: int = 0
     left_chunks: Optional[int] = None
     causal_pos_conv: bool = False
+    # waveform scaling before the CNN: "none" feeds samples as read; "utterance" scales each utterance's
+    # valid samples to zero mean / unit variance (HF's Wav2Vec2FeatureExtractor with do_normalize, what
+    # lv60 checkpoints expect; needs the whole utterance, so it cannot stream); "fixed" applies
+    # (x - wave_mean) / wave_std with constants estimated on training data (causal, streams)
+    wave_norm: Literal["none", "utterance", "fixed"] = "none"
+    wave_mean: float = 0.0
+    wave_std: float = 1.0
 
     def __post_init__(self) -> None:
         self.conv_dim = tuple(int(c) for c in self.conv_dim)
@@ -86,6 +93,15 @@ class W2V2Config:
             raise ValueError(f"feat_extract_norm must be 'group' or 'layer', got {self.feat_extract_norm!r}")
         if self.frontend not in ("cnn", "fbank"):
             raise ValueError(f"frontend must be 'cnn' or 'fbank', got {self.frontend!r}")
+        if self.wave_norm not in ("none", "utterance", "fixed"):
+            raise ValueError(f"wave_norm must be 'none', 'utterance' or 'fixed', got {self.wave_norm!r}")
+        if not self.wave_std > 0:
+            raise ValueError(f"wave_std must be > 0, got {self.wave_std}")
+        if self.wave_norm == "utterance" and self.chunk_frames > 0:
+            raise ValueError(
+                "wave_norm 'utterance' needs the whole utterance and cannot stream (chunk_frames > 0): "
+                "use wave_norm 'fixed' with the training data's wave_mean/wave_std"
+            )
         if self.chunk_frames < 0:
             raise ValueError(f"chunk_frames must be >= 0, got {self.chunk_frames}")
         if self.left_chunks is not None and self.left_chunks < 0:

@@ -55,7 +55,7 @@ class _Offline(nn.Module):
             out_len = torch.where(lengths > 0, out_len, torch.zeros_like(out_len))
         else:
             gn = lengths if (cfg.feat_extract_norm == "group" and cfg.mask_group_norm) else None
-            feats = m.feature_extractor(x, gn, static=True).transpose(1, 2)
+            feats = m.feature_extractor(m.normalize_wave(x, lengths), gn, static=True).transpose(1, 2)
             out_len = m.output_lengths(lengths)
         o = m.forward_features(feats, out_len, static=True)
         return o.scores, o.lengths

@@ -83,6 +83,11 @@ def _check_streamable(model: W2V2Model) -> None:
             "this model's CNN uses group norm over the whole utterance ('base' layout) and cannot stream; "
             "use a layer-norm CNN (feat_extract_norm='layer') or the Fbank front-end"
         )
+    if cfg.frontend == "cnn" and cfg.wave_norm == "utterance":
+        raise ValueError(
+            "this model scales each whole utterance (wave_norm='utterance') and cannot stream; "
+            "use wave_norm='fixed' with the training data's wave_mean/wave_std"
+        )
 
 
 class StreamingStep(nn.Module):
@@ -134,7 +139,7 @@ class StreamingStep(nn.Module):
             feats, c1, c2 = m.fbank_frontend._convs(m.fbank_frontend.normalize(x), state[3], state[4])
             extra = [c1, c2]
         else:
-            feats = m.feature_extractor(x).transpose(1, 2)
+            feats = m.feature_extractor(m.normalize_wave(x)).transpose(1, 2)
             extra = []
         h = m.feature_projection(feats)
         n = h.shape[1]

@@ -47,7 +47,8 @@ def make_student(
     """A student of ``config`` (preset name or config) with weights copied from ``teacher`` where shapes
     allow, fresh initialisation elsewhere.
 
-    Copied: the CNN when its shape and norm match; the feature layer norm / projection when the
+    Copied: the teacher's waveform scaling (``wave_norm``) unless the config sets one; the CNN when
+    its shape and norm match; the feature layer norm / projection when the
     widths match; the positional conv and encoder layer norm when the width matches; layer i from
     teacher layer :func:`teacher_layer_for` when width, FFN and heads match; the head when widths
     match and ``copy_head`` (a new head otherwise). ``student.init_report`` lists what was copied.
@@ -57,6 +58,9 @@ def make_student(
     if cfg.do_stable_layer_norm != tcfg.do_stable_layer_norm:
         log.warning("student and teacher layer-norm layouts differ; encoder layers are not copied")
     vocab = tcfg.vocab_size if vocab_size is None else vocab_size
+    if cfg.frontend == "cnn" and tcfg.frontend == "cnn" and cfg.wave_norm == "none" and tcfg.wave_norm != "none":
+        # the student's CNN starts from (and its features are taught by) a CNN that saw scaled input
+        cfg = cfg.replace(wave_norm=tcfg.wave_norm, wave_mean=tcfg.wave_mean, wave_std=tcfg.wave_std)
     student = W2V2Model(cfg.replace(vocab_size=vocab))
     report: list[str] = []
     if cfg.frontend == "cnn" and tcfg.frontend == "cnn" and cfg.feat_extract_norm == tcfg.feat_extract_norm:

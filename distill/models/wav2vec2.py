@@ -476,6 +476,26 @@ class W2V2Model(nn.Module):
             raise ValueError(f"waveform contains NaN or inf values (batch items {bad.nonzero().flatten().tolist()})")
         return lengths.long()
 
+    def normalize_wave(self, wave: Tensor, lengths: Optional[Tensor] = None) -> Tensor:
+        """The CNN's input: ``wave`` [B,S] scaled as ``config.wave_norm`` says (branch-free, so it traces).
+
+        "utterance" uses only the first ``lengths`` samples of each row (all without lengths) and sets
+        the padding to 0, like HF's feature extractor (variance + 1e-7 under the square root)."""
+        cfg = self.config
+        if cfg.wave_norm == "fixed":
+            return (wave - cfg.wave_mean) / cfg.wave_std
+        if cfg.wave_norm != "utterance":
+            return wave
+        x = wave.float()
+        if lengths is None:
+            m = torch.ones_like(x)
+        else:
+            m = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]).to(x.dtype)
+        n = m.sum(1, keepdim=True).clamp(min=1.0)
+        mean = (x * m).sum(1, keepdim=True) / n
+        var = (((x - mean) * m) ** 2).sum(1, keepdim=True) / n
+        return ((x - mean) * torch.rsqrt(var + 1e-7) * m).to(wave.dtype)
+
     def _frontend(self, wave: Tensor, lengths: Tensor) -> Tensor:
         """wave [B,S] -> features [B,T,C] (T may be 0)."""
         cfg = self.config
@@ -485,7 +505,7 @@ class W2V2Model(nn.Module):
             return wave.new_zeros(wave.shape[0], 0, cfg.feature_dim, dtype=dtype)
         if cfg.frontend == "cnn":
             mask_lengths = lengths if cfg.mask_group_norm else None
-            return self.feature_extractor(wave.to(dtype), mask_lengths).transpose(1, 2)
+            return self.feature_extractor(self.normalize_wave(wave, lengths).to(dtype), mask_lengths).transpose(1, 2)
         fb = self.fbank_frontend.compute_fbank(wave).to(dtype)
         return self.fbank_frontend(fb)
 

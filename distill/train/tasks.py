@@ -33,7 +33,7 @@ from .trainer import LossResult
 
 __all__ = ["TeacherTask", "DistillTask", "TeacherCache", "TeacherCacheError", "compute_loss",
            "rebuild_with_config", "add_channel_masking", "make_validate",
-           "estimate_fbank_cmvn"]
+           "estimate_fbank_cmvn", "estimate_wave_stats"]
 
 log = logging.getLogger(__name__)
 
@@ -403,6 +403,25 @@ def make_validate(task: _TaskBase, dev_loader: Any, tokenizer: Any, normalize: O
         return metrics
 
     return validate
+
+
+@torch.no_grad()
+def estimate_wave_stats(loader: Any, max_batches: int = 20) -> tuple[float, float]:
+    """Mean and standard deviation of the valid samples of up to ``max_batches`` training batches: the
+    constants of ``wave_norm: fixed`` (a causal stand-in for per-utterance normalisation)."""
+    total, sq, count = 0.0, 0.0, 0
+    for i, batch in enumerate(loader):
+        if i >= max_batches:
+            break
+        for wav, n in zip(batch["audio"], batch["audio_lens"].tolist()):
+            x = wav[:n].double()
+            total += float(x.sum())
+            sq += float((x * x).sum())
+            count += n
+    if not count:
+        raise ValueError("estimate_wave_stats: no samples in the training data")
+    mean = total / count
+    return mean, max(sq / count - mean * mean, 1e-12) ** 0.5
 
 
 @torch.no_grad()
