@@ -63,6 +63,24 @@ def test_hidden_mse_with_identity_projections_is_plain_mse():
     assert res.num == float(lengths.sum()) and set(res.stats) == {"hid"}
 
 
+def test_hidden_targets_layer_normalised():
+    lengths, s, t, hs, ht = rand_batch()
+    ht = [h * 40.0 + 3.0 for h in ht]  # a teacher with a large residual stream
+    obj = DistillObjective(ObjectiveConfig(alpha=0.0, hidden_target_norm="layer"), None, (2, 5, 5), (4, 5, 5))
+    with torch.no_grad():
+        res = obj(s, lengths, student_hidden=hs, teacher=targets_for(ht, t, lengths))
+    want = 0.0
+    for si, ti in ((1, 2), (2, 4)):
+        tgt = ht[ti]
+        tgt = (tgt - tgt.mean(-1, keepdim=True)) / torch.sqrt(tgt.var(-1, unbiased=False, keepdim=True) + 1e-5)
+        for b, n in enumerate(lengths.tolist()):
+            want += float(((hs[si].detach()[b, :n] - tgt[b, :n]) ** 2).mean(-1).sum()) / 2
+    assert float(res.loss) == pytest.approx(want, rel=1e-5)
+    assert float(res.loss) / res.num < 5  # plain targets: ~1600 per frame
+    with pytest.raises(ConfigError, match="hidden_target_norm"):
+        ObjectiveConfig(hidden_target_norm="batch").validate()
+
+
 def test_hidden_mse_projects_to_the_teacher_width_and_trains_the_projections():
     lengths, s, t, hs, ht = rand_batch(ds=3, dt=5)
     obj = DistillObjective(ObjectiveConfig(alpha=0.0), None, (2, 3, 3), (4, 5, 5))

@@ -458,6 +458,10 @@ def run(cfg: TrainStageConfig) -> int:
         tc.exp_dir, tc.device, tc.resume, tc.seed = cfg.exp_dir, cfg.device, cfg.resume, cfg.seed
         tc.exclude_from_checkpoint = sorted(set(tc.exclude_from_checkpoint) | {"teacher."})
         tc.export_prefix = "model." if cfg.task == "teacher" else "student."
+        if rank == 0 and tc.log_file:  # the model set-up below logs too (student init, input statistics)
+            from distill.log import setup_logging
+
+            setup_logging(Path(cfg.exp_dir) / tc.log_file)
         if cfg.objective.feature_only_steps > 0:
             tc.ddp_find_unused_parameters = True  # feat_proj / projections idle in one of the two phases
         torch.manual_seed(cfg.seed)

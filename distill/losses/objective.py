@@ -7,7 +7,8 @@ stages and the baselines (DESIGN.md, docs/stages.md)::
         + c * L_lfmmi + w_ctc * L_ctc + w_kl * L_kl + w_feat * L_feat
 
 * ``L_hid``   mean over mapped layers i of MSE(W_i h_S[i], h_T[g(i)]), g(i) = round(i * L_T / L_S)
-  (hidden-state indices: 0 = encoder input, i = output of layer i); ``W_i`` learnable projections.
+  (hidden-state indices: 0 = encoder input, i = output of layer i); ``W_i`` learnable projections;
+  ``hidden_target_norm: layer`` replaces h_T by its per-frame layer norm (no affine).
 * ``L_out``   MSE between student and teacher per-frame log-posteriors.
 * ``L_mmi_kd`` :func:`distill.losses.kd.lfmmi_kd_loss` (teacher soft alignment as numerator).
 * ``L_lfmmi`` LF-MMI on the reference labels; ``L_ctc`` CTC on the labels.
@@ -59,6 +60,10 @@ class ObjectiveConfig:
     ctc_only_steps: int = 0  # only L_ctc (weight 1) for the first N updates (teacher warm-up)
     den_scale: float = 1.0  # LF-MMI denominator scale (label LF-MMI)
     include_input_layer: bool = False  # also regress hidden_states[0] (the encoder input) onto the teacher's
+    # L_hid targets: "none" = the teacher's hidden states as they are (the paper); "layer" = each frame
+    # scaled to zero mean / unit variance over features (no affine), so L_hid starts near 1 per frame
+    # whatever the teacher's residual-stream scale (pre-LN teachers grow it layer by layer)
+    hidden_target_norm: Literal["none", "layer"] = "none"
     proj_init: Literal["auto", "identity", "random"] = "auto"  # auto: identity when widths match
 
     def validate(self, where: str = "objective") -> None:
@@ -69,6 +74,9 @@ class ObjectiveConfig:
         for k in ("alpha", "beta"):
             if not 0.0 <= getattr(self, k) <= 1.0:
                 raise ConfigError(f"{where}: key '{k}': must lie in [0, 1], got {getattr(self, k)}")
+        if self.hidden_target_norm not in ("none", "layer"):
+            raise ConfigError(f"{where}: key 'hidden_target_norm': must be 'none' or 'layer', "
+                              f"got {self.hidden_target_norm!r}")
         if self.kl_temperature <= 0:
             raise ConfigError(f"{where}: key 'kl_temperature': must be > 0, got {self.kl_temperature}")
         for k in ("feature_only_steps", "ctc_only_steps"):
@@ -244,7 +252,10 @@ class DistillObjective(nn.Module):
         if name == "hid":
             acc = torch.zeros((), device=lengths.device)
             for (s_i, t_i), proj in zip(self.pairs, self.proj):
-                acc = acc + masked_mse_sum(proj(student_hidden[s_i]), teacher.hidden[t_i], lengths)
+                target = teacher.hidden[t_i]
+                if self.cfg.hidden_target_norm == "layer":
+                    target = F.layer_norm(target.float(), target.shape[-1:])
+                acc = acc + masked_mse_sum(proj(student_hidden[s_i]), target, lengths)
             return acc / max(1, len(self.pairs)), 0
         if name == "out":
             return masked_mse_sum(student_scores, teacher.scores, lengths), 0
