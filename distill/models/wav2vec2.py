@@ -487,10 +487,7 @@ class W2V2Model(nn.Module):
         if cfg.wave_norm != "utterance":
             return wave
         x = wave.float()
-        if lengths is None:
-            m = torch.ones_like(x)
-        else:
-            m = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]).to(x.dtype)
+        m = torch.ones_like(x) if lengths is None else lengths_to_mask(lengths, x.shape[1]).to(x.dtype)
         n = m.sum(1, keepdim=True).clamp(min=1.0)
         mean = (x * m).sum(1, keepdim=True) / n
         var = (((x - mean) * m) ** 2).sum(1, keepdim=True) / n
