@@ -11,7 +11,7 @@ import torch
 
 from distill.models import W2V2Config, build_model, load_pretrained, make_student, save_pretrained
 from distill.models.streaming import StreamingRecognizer, StreamingStep
-from distill.train.tasks import estimate_wave_stats
+from distill.train.tasks import estimate_fbank_cmvn, estimate_wave_stats
 from model_fixtures import tiny
 
 
@@ -132,6 +132,25 @@ def test_estimate_wave_stats_matches_numpy():
     assert m1 != pytest.approx(mean, rel=1e-9)
     with pytest.raises(ValueError, match="no samples"):
         estimate_wave_stats([], 5)
+
+
+def test_estimate_fbank_cmvn_matches_numpy():
+    """The Fbank twin: per-bin statistics of the valid frames only, written into the CMVN buffers."""
+    torch.manual_seed(0)
+    model = build_model(tiny(frontend="fbank"), 10)
+    fe = model.fbank_frontend
+    audio = 0.05 * torch.randn(2, 3200)
+    audio[1, 2000:] = 3.0  # padding must not count
+    batch = {"audio": audio, "audio_lens": torch.tensor([3200, 2000])}
+    with torch.no_grad():
+        rows = torch.cat([fe.compute_fbank(audio[:1]).squeeze(0),
+                          fe.compute_fbank(audio[1:, :2000]).squeeze(0)]).double().numpy()
+    mean, std = estimate_fbank_cmvn(model, [batch, batch], max_batches=1)
+    np.testing.assert_allclose(mean.numpy(), rows.mean(0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(std.numpy(), rows.std(0), rtol=1e-4, atol=1e-5)
+    assert torch.equal(fe.mean, mean) and torch.equal(fe.std, std)
+    with pytest.raises(ValueError, match="estimate_fbank_cmvn: no samples"):
+        estimate_fbank_cmvn(model, [], 5)
 
 
 def test_config_round_trip():

@@ -406,44 +406,38 @@ def make_validate(task: _TaskBase, dev_loader: Any, tokenizer: Any, normalize: O
 
 
 @torch.no_grad()
-def estimate_wave_stats(loader: Any, max_batches: int = 20) -> tuple[float, float]:
-    """Mean and standard deviation of the valid samples of up to ``max_batches`` training batches: the
-    constants of ``wave_norm: fixed`` (a causal stand-in for per-utterance normalisation)."""
-    total, sq, count = 0.0, 0.0, 0
+def _loader_mean_std(loader: Any, max_batches: int, rows: Callable[[Tensor], Tensor], var_floor: float,
+                     what: str) -> tuple[Tensor, Tensor]:
+    """Mean and standard deviation (float64, per column) of ``rows(valid audio)`` -- a [T, D] tensor
+    per utterance -- over up to ``max_batches`` batches of ``loader``."""
+    total, sq, count = None, None, 0
     for i, batch in enumerate(loader):
         if i >= max_batches:
             break
         for wav, n in zip(batch["audio"], batch["audio_lens"].tolist()):
-            x = wav[:n].double()
-            total += float(x.sum())
-            sq += float((x * x).sum())
-            count += n
+            x = rows(wav[:n]).double()
+            total = x.sum(0) if total is None else total + x.sum(0)
+            sq = x.pow(2).sum(0) if sq is None else sq + x.pow(2).sum(0)
+            count += x.shape[0]
     if not count:
-        raise ValueError("estimate_wave_stats: no samples in the training data")
+        raise ValueError(f"{what}: no samples in the training data")
     mean = total / count
-    return mean, max(sq / count - mean * mean, 1e-12) ** 0.5
+    return mean, (sq / count - mean ** 2).clamp(min=var_floor).sqrt()
 
 
-@torch.no_grad()
+def estimate_wave_stats(loader: Any, max_batches: int = 20) -> tuple[float, float]:
+    """Mean and standard deviation of the valid samples of up to ``max_batches`` training batches: the
+    constants of ``wave_norm: fixed`` (a causal stand-in for per-utterance normalisation)."""
+    mean, std = _loader_mean_std(loader, max_batches, lambda x: x[:, None], 1e-12, "estimate_wave_stats")
+    return float(mean), float(std)
+
+
 def estimate_fbank_cmvn(model: W2V2Model, loader: Any, max_batches: int = 20) -> tuple[Tensor, Tensor]:
     """Global fbank mean/std over up to ``max_batches`` training batches, written into the Fbank
     front-end's CMVN buffers (they are saved with the model)."""
     fe = model.fbank_frontend
-    total = None
-    sq = None
-    count = 0
-    for i, batch in enumerate(loader):
-        if i >= max_batches:
-            break
-        for wav, n in zip(batch["audio"], batch["audio_lens"].tolist()):
-            fb = fe.compute_fbank(wav[None, :n]).squeeze(0).double()
-            total = fb.sum(0) if total is None else total + fb.sum(0)
-            sq = fb.pow(2).sum(0) if sq is None else sq + fb.pow(2).sum(0)
-            count += fb.shape[0]
-    if not count:
-        raise ValueError("estimate_fbank_cmvn: no frames in the training data")
-    mean = total / count
-    std = (sq / count - mean ** 2).clamp(min=1e-8).sqrt()
+    mean, std = _loader_mean_std(loader, max_batches, lambda x: fe.compute_fbank(x[None]).squeeze(0), 1e-8,
+                                 "estimate_fbank_cmvn")
     fe.mean.copy_(mean.to(fe.mean.dtype))
     fe.std.copy_(std.to(fe.std.dtype))
     return fe.mean.clone(), fe.std.clone()
