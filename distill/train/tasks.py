@@ -410,14 +410,14 @@ def _loader_mean_std(loader: Any, max_batches: int, rows: Callable[[Tensor], Ten
                      what: str) -> tuple[Tensor, Tensor]:
     """Mean and standard deviation (float64, per column) of ``rows(valid audio)`` -- a [T, D] tensor
     per utterance -- over up to ``max_batches`` batches of ``loader``."""
-    total, sq, count = None, None, 0
+    total, sq, count = 0.0, 0.0, 0
     for i, batch in enumerate(loader):
         if i >= max_batches:
             break
         for wav, n in zip(batch["audio"], batch["audio_lens"].tolist()):
             x = rows(wav[:n]).double()
-            total = x.sum(0) if total is None else total + x.sum(0)
-            sq = x.pow(2).sum(0) if sq is None else sq + x.pow(2).sum(0)
+            total = total + x.sum(0)
+            sq = sq + x.pow(2).sum(0)
             count += x.shape[0]
     if not count:
         raise ValueError(f"{what}: no samples in the training data")
