@@ -15,6 +15,7 @@ install_requires = [
     "kaldialign>=0.12",
     "kaldi-native-fbank>=1.23",
     "sentencepiece>=0.2",
+    "ijson>=3.2",  # GigaSpeech.json (gigabytes at XL) streamed in stage 0
     "jiwer>=4.0",
     "pyyaml",
     "tqdm",

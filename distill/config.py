@@ -6,13 +6,22 @@ reach nested sections), and checks every value against the schema before any wor
 
 * an unknown key, a value of the wrong type or a missing required key raises :class:`ConfigError`
   naming the key and the file;
+* a key given twice in one mapping (at any depth) is refused, naming the key path and both lines;
+* numbers may be written as in Python or YAML 1.2 (``1e-4``, ``-1e-3``, ``5E-4``, ``.5``; YAML 1.1 alone
+  reads the first three as strings), in files and overrides alike; a float option refuses ``nan`` and
+  ``inf`` (``.nan``, ``.inf``): no option takes them, and limits that can be switched off say how
+  (``grad_clip <= 0``), or take a large number (``1e9``);
 * fields declared with :func:`path_field` (``must_exist=True``) must name an existing file or
-  directory.
+  directory; with ``output_dir=True`` a directory that exists or can be created (not a file, not a
+  dangling symbolic link, no file among its parents).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -22,16 +31,92 @@ import yaml
 
 T = TypeVar("T")
 
-__all__ = ["ConfigError", "path_field", "load_config", "parse_cli", "config_to_dict", "dump_config"]
+__all__ = ["ConfigError", "missing_path", "output_dir_problem", "path_field", "load_config", "parse_cli",
+           "config_to_dict", "dump_config"]
 
 
 class ConfigError(ValueError):
     """A configuration value is unknown, missing or of the wrong type; the message names key and file."""
 
 
-def path_field(default: Any = dataclasses.MISSING, *, must_exist: bool = True) -> Any:
-    """A dataclass field holding a filesystem path, checked for existence when ``must_exist``."""
-    meta = {"path": True, "must_exist": must_exist}
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, also reading the float spellings YAML 1.1 leaves as strings (``1e-4``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+"
+               r"|\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?)$"),
+    list("-+0123456789."))
+
+
+def _check_duplicates(node: yaml.Node, path: str, where: str, seen: set[int]) -> None:
+    """:class:`ConfigError` for a key given twice in one mapping (YAML would keep the second silently)."""
+    if id(node) in seen:  # an alias: checked where its anchor is
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first: dict[tuple[str, str], int] = {}
+        for k, v in node.value:
+            if k.tag == "tag:yaml.org,2002:merge" or not isinstance(k, yaml.ScalarNode):
+                _check_duplicates(v, path, where, seen)
+                continue
+            sub = f"{path}.{k.value}" if path else str(k.value)
+            line = k.start_mark.line + 1
+            if (k.tag, k.value) in first:
+                raise ConfigError(f"{where}: duplicate key '{sub}' (lines {first[k.tag, k.value]} and {line}): "
+                                  "the second would silently replace the first; keep one")
+            first[k.tag, k.value] = line
+            _check_duplicates(v, sub, where, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _check_duplicates(item, f"{path}[{i}]", where, seen)
+
+
+def _load_yaml(text: str, where: str, path: str = "") -> Any:
+    """Parse configuration YAML (safe; the number spellings and the duplicate-key check of the module
+    docstring). ``where`` names the text in errors, ``path`` is the key it sits under (overrides)."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_duplicates(node, path, where, set())
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def missing_path(value: str | Path) -> str:
+    """``path 'x' does not exist``, with the absolute path that was tried when ``value`` is relative
+    (relative paths are taken from the working directory, which a recipe's run.sh sets to its own)."""
+    p = Path(value)
+    where = "" if p.is_absolute() else f" (looked for '{os.path.abspath(p)}')"
+    return f"path '{value}' does not exist{where}"
+
+
+def output_dir_problem(value: str | Path) -> str | None:
+    """Why ``value`` can be neither used nor created as a directory (it, or a parent, is a file or a
+    dangling symbolic link), or None."""
+    p = Path(value)
+    for q in (p, *p.parents):
+        if q.is_dir():
+            return None
+        if q.is_symlink() and not q.exists():
+            what = f"is a dangling symbolic link (to '{os.readlink(q)}')"
+        elif q.exists():
+            what = "is a file" if q.is_file() else "exists and is not a directory"
+        else:
+            continue
+        return f"'{q}' {what}, not a directory" if q == p else f"'{value}' cannot be created: '{q}' {what}"
+    return None
+
+
+def path_field(default: Any = dataclasses.MISSING, *, must_exist: bool = True, output_dir: bool = False) -> Any:
+    """A dataclass field holding a filesystem path, checked for existence when ``must_exist``;
+    ``output_dir``: a directory the step writes, which must be one or be creatable (see
+    :func:`output_dir_problem`), checked before any work like every other option."""
+    meta = {"path": True, "must_exist": must_exist and not output_dir, "output_dir": output_dir}
     if default is dataclasses.MISSING:
         return dataclasses.field(metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -58,6 +143,8 @@ def _convert(value: Any, tp: Any, key: str, src: str) -> Any:
                 return _convert(value, a, key, src)
             except ConfigError as e:
                 errors.append(str(e))
+        if len(errors) == 1:  # Optional[X]: X's own message says more
+            raise ConfigError(errors[0])
         raise ConfigError(f"{src}: key '{key}': {value!r} is not a valid {_type_name(tp)}")
     if origin is Literal:
         if value not in args:
@@ -95,7 +182,14 @@ def _convert(value: Any, tp: Any, key: str, src: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{src}: key '{key}': expected a number, got {value!r}")
-        return float(value)
+        try:
+            value = float(value)
+        except OverflowError:
+            value = math.inf
+        if not math.isfinite(value):
+            raise ConfigError(f"{src}: key '{key}': {value} is not a finite number (no option "
+                              "accepts nan or inf)")
+        return value
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{src}: key '{key}': expected a string, got {value!r}")
@@ -123,7 +217,9 @@ def _build(cls: type[T], data: dict, src: str, prefix: str = "") -> T:
         value = _convert(data[name], hints[name], key, src)
         if f.metadata.get("path") and value is not None and f.metadata.get("must_exist"):
             if not Path(value).exists():
-                raise ConfigError(f"{src}: key '{key}': path '{value}' does not exist")
+                raise ConfigError(f"{src}: key '{key}': {missing_path(value)}")
+        if f.metadata.get("output_dir") and value is not None and (why := output_dir_problem(value)):
+            raise ConfigError(f"{src}: key '{key}': {why}")
         kwargs[name] = value
     obj = cls(**kwargs)
     # defaults that name paths must exist too
@@ -131,7 +227,9 @@ def _build(cls: type[T], data: dict, src: str, prefix: str = "") -> T:
         if name not in data and f.metadata.get("path") and f.metadata.get("must_exist"):
             value = getattr(obj, name)
             if value is not None and not Path(value).exists():
-                raise ConfigError(f"{src}: key '{prefix}{name}' (default): path '{value}' does not exist")
+                raise ConfigError(f"{src}: key '{prefix}{name}' (default): {missing_path(value)}")
+        if name not in data and f.metadata.get("output_dir") and (why := output_dir_problem(getattr(obj, name) or ".")):
+            raise ConfigError(f"{src}: key '{prefix}{name}' (default): {why}")
     return obj
 
 
@@ -148,7 +246,7 @@ def _set_dotted(data: dict, dotted: str, value: Any) -> None:
 def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
     """Build a ``cls`` instance from a YAML file plus ``key=value`` overrides, validating everything.
 
-    Override values are parsed as YAML scalars (``lr=1e-4``, ``freeze=true``, ``chunks=[16,24]``).
+    Override values are parsed as YAML (``lr=1e-4``, ``freeze=true``, ``chunks=[16,24]``), like the file.
     """
     data: dict = {}
     src = config_source(path, overrides)
@@ -157,7 +255,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
         if not p.is_file():
             raise ConfigError(f"config file '{p}' does not exist")
         try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+            loaded = _load_yaml(p.read_text(encoding="utf-8"), src)
         except (yaml.YAMLError, UnicodeDecodeError) as e:
             raise ConfigError(f"{src}: not valid YAML: {e}") from None
         if loaded is None:
@@ -170,7 +268,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
             raise ConfigError(f"override '{ov}' must look like key=value")
         k, v = ov.split("=", 1)
         try:
-            parsed = yaml.safe_load(v) if v != "" else ""
+            parsed = _load_yaml(v, f"override '{ov}'", k.strip()) if v != "" else ""
         except yaml.YAMLError:
             parsed = v
         _set_dotted(data, k.strip(), parsed)

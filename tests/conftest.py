@@ -1,7 +1,10 @@
 """Shared pytest fixtures and markers."""
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -29,3 +32,18 @@ def repo_root() -> Path:
 
 def have(tool: str) -> bool:
     return shutil.which(tool) is not None
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> Path:
+    """The tiny demo corpus in its three release layouts (Kaldi data dirs, LibriSpeech FLAC tree, GigaSpeech
+    ``GigaSpeech.json`` + opus), made once per session for the recipe tests."""
+    out = tmp_path_factory.mktemp("corpus") / "demo"
+    env = dict(os.environ, VIRTUAL_ENV=sys.prefix, PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
+    r = subprocess.run(
+        [sys.executable, str(REPO / "local" / "make_demo_corpus.py"), "--out", str(out), "--size", "tiny",
+         "--layouts", "kaldi,librispeech,gigaspeech", "--nj", "2"],
+        capture_output=True, text=True, env=env,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out

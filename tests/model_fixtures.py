@@ -1,6 +1,10 @@
 """A tiny wav2vec 2.0 configuration shared by the model, streaming and export tests."""
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Sequence
+
+from distill.data.tokenizer import Tokenizer
 from distill.models import W2V2Config
 
 
@@ -22,3 +26,16 @@ def tiny(**kw) -> W2V2Config:
     )
     base.update(kw)
     return W2V2Config(**base)
+
+
+def write_char_lang(lang: Path, texts: Sequence[str]) -> Tokenizer:
+    """A character lang dir for ``texts`` (tokens, words, lexicon, ``train_text.txt``, a token-bigram
+    ``P.arpa``), as stage 1-2 would write it; returns its tokenizer."""
+    from distill.data.tokenizer import build_char_tokenizer, write_lang_files
+    from distill.graph.den import train_token_lm
+
+    tok = build_char_tokenizer(texts)
+    write_lang_files(lang, tok, {w for t in texts for w in t.split()})
+    (lang / "train_text.txt").write_text("".join(t + "\n" for t in texts))
+    train_token_lm([tok.encode(t) for t in texts], tok.pieces, 2).write_arpa(lang / "P.arpa")
+    return tok

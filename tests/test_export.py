@@ -24,7 +24,8 @@ from model_fixtures import tiny  # noqa: E402
 @pytest.mark.parametrize(
     "kw",
     [dict(), dict(feat_extract_norm="group", conv_bias=False, do_stable_layer_norm=False), dict(frontend="fbank"),
-     dict(wave_norm="utterance"), dict(wave_norm="fixed", wave_mean=0.01, wave_std=0.2)],
+     dict(wave_norm="utterance"), dict(wave_norm="fixed", wave_mean=0.01, wave_std=0.2),
+     dict(wave_norm="running", wave_mean=0.01, wave_std=0.2)],
 )
 def test_onnx_full_utterance_equals_torch(tmp_path, kw):
     torch.manual_seed(0)
@@ -49,7 +50,9 @@ def test_onnx_full_utterance_equals_torch(tmp_path, kw):
 
 
 @pytest.mark.parametrize("frontend,left,kw", [("cnn", None, {}), ("cnn", 2, {}), ("fbank", 1, {}),
-                                              ("cnn", 2, dict(wave_norm="fixed", wave_mean=0.01, wave_std=0.2))])
+                                              ("cnn", 2, dict(wave_norm="fixed", wave_mean=0.01, wave_std=0.2)),
+                                              ("cnn", None, dict(wave_norm="running", wave_std=0.3)),
+                                              ("cnn", 1, dict(conv_dim=(8, 8, 16, 16, 16, 16, 16)))])
 def test_onnx_streaming_step_equals_torch(tmp_path, frontend, left, kw):
     torch.manual_seed(0)
     m = build_model(tiny(frontend=frontend, **kw), 7).eval()

@@ -3,8 +3,8 @@ it, and the toolkit runs no shell command except the ``cmd |`` pipes of a Kaldi 
 
 * A static audit of distill/ (Python's ast): every ``torch.load`` passes ``weights_only=True``; nothing
   calls pickle/marshal/dill/joblib loaders, ``np.load(allow_pickle=True)``, unsafe YAML loading,
-  ``torch.jit.load``, ``eval``/``exec``, ``os.system``/``os.popen``; ``shell=True`` appears only in the two
-  wav.scp-pipe readers.
+  ``torch.jit.load``, ``eval``/``exec``, ``os.system``/``os.popen``; ``shell=True`` appears only in the
+  wav.scp-pipe runner.
 * A crafted pickle whose unpickling would run ``touch <marker>`` (via ``os.system``), saved in torch's
   zip format, torch's legacy format and as a bare pickle, is fed to every loader: training checkpoints
   (resume, averaging, model files), Hugging Face directories (``pytorch_model.bin``, sharded), fairseq
@@ -31,8 +31,8 @@ import test_train_stages as stages  # noqa: E402  (tests/ is on sys.path under p
 
 REPO = Path(__file__).resolve().parents[1]
 PKG = REPO / "distill"
-# the only functions allowed to run a shell: they execute Kaldi wav.scp `cmd |` entries, by design
-SHELL_ALLOWED = {("distill/data/audio.py", "probe_command"), ("distill/decode/audio.py", "read_audio")}
+# the only function allowed to run a shell: it executes Kaldi wav.scp `cmd |` entries, by design
+SHELL_ALLOWED = {("distill/data/pipe.py", "run_pipe")}
 
 
 # ------------------------------------------------------------------------------------------ static audit
@@ -298,3 +298,45 @@ def test_transcribe_refuses_a_crafted_model(env, tmp_path: Path, capsys) -> None
     err = capsys.readouterr().err
     assert rc == 2 and "pytorch_model.bin" in err and "Traceback" not in err, err
     assert not marker.exists()
+
+
+def test_training_files_load_as_models(env, tmp_path: Path, capsys) -> None:
+    """A run's own model files and checkpoints (``last.pt``, ``checkpoints/ckpt-*.pt``) given where a model is
+    expected load as the model they hold (the configuration they carry, the trained model's weights), for
+    ``transcribe --model``, ``teacher=`` and ``student.init_from=``; they carry no tokens, so transcribe asks
+    for ``--lang-dir``. A model file without a configuration is refused, pointing to ``<exp_dir>/model``.
+    (This was "fairseq checkpoint without a model configuration".)"""
+    from safetensors.torch import load_file
+
+    from distill.bin import transcribe
+    from distill.models import load_pretrained
+    root, lang, _, _ = env
+    code, err = _train(env, tmp_path / "t", capsys, "teacher")
+    assert code == 0, err[-2000:]
+    exp = tmp_path / "t" / "exp"
+    ckpt = exp / "checkpoints" / "ckpt-00000001.pt"
+    exported = load_file(str(exp / "model" / "model.safetensors"))
+    for f in (exp / "last.pt", ckpt):  # one update: the exported model holds these very weights
+        sd = load_pretrained(f).state_dict()
+        assert all(torch.equal(sd[k], v) for k, v in exported.items() if k in sd), f
+    wav = sorted((root / "wav").glob("dev-*.wav"))
+    hyps = {}
+    for model in (exp / "model", exp / "last.pt", ckpt):
+        rc = transcribe.main(["--model", str(model), "--lang-dir", str(lang), *map(str, wav)])
+        out = capsys.readouterr()
+        assert rc == 0, out.err
+        hyps[model.name] = out.out
+    assert hyps["last.pt"] == hyps["model"] == hyps[ckpt.name] and hyps["model"].count("\n") == len(wav)
+    rc = transcribe.main(["--model", str(exp / "last.pt"), str(wav[0])])
+    assert rc == 2 and "pass --lang-dir" in capsys.readouterr().err
+
+    code, err = _train(env, tmp_path / "d", capsys, "distill", teacher=str(exp / "last.pt"),
+                       student={"init_from": str(ckpt), "overrides": {}})
+    assert code == 0, err[-2000:]
+
+    bare = tmp_path / "bare.pt"
+    ck.save_model_file({"w": torch.zeros(2)}, bare)
+    rc = transcribe.main(["--model", str(bare), "--lang-dir", str(lang), str(wav[0])])
+    err = capsys.readouterr().err
+    assert rc == 2 and "does not carry its model's configuration" in err and "<exp_dir>/model" in err, err
+    assert "Traceback" not in err

@@ -155,3 +155,151 @@ def test_python_m_entry_points_exit_2_before_work(tmp_path: Path) -> None:
         assert p.returncode == 2, (step, err[-2000:])
         assert f"'{key}'" in err and str(cfg) in err and "Traceback" not in err, (step, err)
     assert tree(tmp_path) == before and not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------ YAML: duplicates, numbers
+def _train_yaml(tmp: Path, body: str) -> Path:
+    """A train config written as raw text (duplicates cannot be dumped); ``{in}`` holds a den graph."""
+    (tmp / "in").mkdir(exist_ok=True)
+    (tmp / "in" / "den.pt").touch()  # check_config only asks that it exists
+    path = tmp / "train.yaml"
+    path.write_text(f"task: distill\nlang_dir: {tmp / 'in'}\nexp_dir: out/exp\nteacher: {tmp / 'in'}\n{body}")
+    return path
+
+
+def _train_main(argv: list[str], capsys) -> tuple[int, str, str]:
+    from distill.bin import train
+    with pytest.raises(SystemExit) as e:
+        train.main(argv)
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err
+
+
+DUPLICATES = {  # body (after 4 lines), key path, its two lines
+    "section": ("train:\n  max_steps: 10\n  optim: {lr: 1.0e-3}\nfinal: last\ntrain:\n  max_steps: 5\n", "train", 5, 9),
+    "nested": ("train:\n  optim:\n    lr: 1.0e-3\n    betas: [0.9, 0.98]\n    lr: 3.0e-3\n", "train.optim.lr", 7, 9),
+    "in a list": ("train:\n  freeze:\n    - {prefixes: [encoder.], steps: 10, steps: 20}\n", "train.freeze[0].steps",
+                  7, 7),
+}
+
+
+@pytest.mark.parametrize("case", list(DUPLICATES))
+def test_duplicate_keys_are_refused_naming_both_lines(tmp_path: Path, monkeypatch, capsys, case: str) -> None:
+    """A key given twice in one mapping (YAML keeps the second silently) exits 2 naming the file, the key
+    path and both lines."""
+    monkeypatch.chdir(tmp_path)
+    body, key, first, second = DUPLICATES[case]
+    cfg = _train_yaml(tmp_path, body)
+    before = tree(tmp_path)
+    code, _, err = _train_main(["--config", str(cfg)], capsys)
+    assert code == 2, err
+    assert f"{cfg}: duplicate key '{key}' (lines {first} and {second})" in err and "Traceback" not in err, err
+    assert tree(tmp_path) == before
+    # the same in an override value
+    code, _, err = _train_main(["--config", str(_train_yaml(tmp_path, "")), "train.optim={lr: 1, lr: 2}"], capsys)
+    assert code == 2 and "duplicate key 'train.optim.lr'" in err, err
+
+
+def test_numbers_in_every_spelling_are_accepted(tmp_path: Path, monkeypatch, capsys) -> None:
+    """``1e-4``, ``-1e-3``, ``5E-4``, ``.5`` (strings to YAML 1.1) are numbers, in the file and in overrides."""
+    monkeypatch.chdir(tmp_path)
+    cfg = _train_yaml(tmp_path, "train:\n  max_steps: 10\n  optim: {lr: 5E-4, eps: 1e-8}\n  grad_clip: -1e-3\n"
+                                "  schedule: {phase_ratio: [.1, 4e-1, 0.5]}\n")
+    code, out, err = _train_main(["--config", str(cfg), "--print-config"], capsys)
+    assert code == 0, err
+    t = yaml.safe_load(out)["train"]
+    assert (t["optim"]["lr"], t["optim"]["eps"], t["grad_clip"], t["schedule"]["phase_ratio"]) == \
+        (5e-4, 1e-8, -1e-3, [0.1, 0.4, 0.5])
+    for spelling in ("1e-4", "5E-4", ".5", "3.0e-5", "2e+1"):
+        code, out, err = _train_main(["--config", str(cfg), f"train.optim.lr={spelling}", "--print-config"], capsys)
+        assert code == 0, (spelling, err)
+        assert yaml.safe_load(out)["train"]["optim"]["lr"] == float(spelling)
+    code, out, err = _train_main(["--config", str(cfg), "train.grad_clip=-1e-3", "--print-config"], capsys)
+    assert code == 0 and yaml.safe_load(out)["train"]["grad_clip"] == -1e-3, err
+
+
+NON_FINITE = [("train.optim.lr=.nan", "train.optim.lr"), ("train.optim.lr=.inf", "train.optim.lr"),
+              ("train.grad_clip=.inf", "train.grad_clip"), ("train.optim.lr=1e999", "train.optim.lr"),
+              ("data.max_duration=-.inf", "data.max_duration"), ("student.overrides={layerdrop: .nan}",
+              "student.overrides.layerdrop"), ("file", "train.optim.lr")]
+
+
+@pytest.mark.parametrize("setting,key", NON_FINITE)
+def test_non_finite_floats_are_refused(tmp_path: Path, monkeypatch, capsys, setting: str, key: str) -> None:
+    """nan/inf for a float option exits 2 naming the key (no option takes them), before any work."""
+    monkeypatch.chdir(tmp_path)
+    cfg = _train_yaml(tmp_path, "train:\n  optim: {lr: .NaN}\n" if setting == "file" else "train: {max_steps: 10}\n")
+    before = tree(tmp_path)
+    code, _, err = _train_main(["--config", str(cfg)] + ([] if setting == "file" else [setting]), capsys)
+    assert code == 2, err
+    assert f"key '{key}'" in err and "is not a finite number" in err and str(cfg) in err and "Traceback" not in err, err
+    assert tree(tmp_path) == before
+
+
+# ------------------------------------------------------------------------------ output directories
+# step -> its output-directory key (each creates it with its parents)
+OUT_KEYS = {"prepare_manifests": "out_dir", "prepare_lang": "lang_dir", "build_decode_graph": "out_dir",
+            "decode": "out_dir", "train": "exp_dir"}
+OUT_CASES = [(step, kind) for step in OUT_KEYS for kind in ("file", "dangling link", "under a file")]
+
+
+def _bad_out_dir(tmp: Path, kind: str) -> tuple[Path, str]:
+    """An output path that cannot be a directory, and what the error must say about it."""
+    if kind == "file":
+        p = tmp / "a_file"
+        p.write_text("x")
+        return p, f"'{p}' is a file, not a directory"
+    if kind == "dangling link":
+        p = tmp / "dangling"
+        p.symlink_to(tmp / "gone")
+        return p, f"'{p}' is a dangling symbolic link (to '{tmp / 'gone'}'), not a directory"
+    (tmp / "a_file").write_text("x")
+    p = tmp / "a_file" / "sub"
+    return p, f"'{p}' cannot be created: '{tmp / 'a_file'}' is a file"
+
+
+def ltree(root: Path) -> dict[str, int]:
+    """Like :func:`tree`, without following symbolic links (a dangling one has no target to stat)."""
+    return {str(p.relative_to(root)): p.lstat().st_mtime_ns for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize("step,kind", OUT_CASES, ids=[f"{s}-{k}" for s, k in OUT_CASES])
+def test_output_dir_that_is_a_file_or_dangling_link(tmp_path: Path, monkeypatch, capsys, step: str, kind: str) -> None:
+    """exp_dir/out_dir/lang_dir naming a file, a dangling symbolic link or a path under a file: exit 2 with one
+    line naming the key, the path and what it is, before anything is written (was a FileExistsError traceback)."""
+    monkeypatch.chdir(tmp_path)
+    base, _ = STEPS[step]
+    out, says = _bad_out_dir(tmp_path, kind)
+    (tmp_path / "in").mkdir()
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(_fill({**base, OUT_KEYS[step]: str(out)}, tmp_path / "in", tmp_path / "nope")))
+    before = ltree(tmp_path)
+    mod = importlib.import_module(f"distill.bin.{step}")
+    with pytest.raises(SystemExit) as e:
+        raise SystemExit(mod.main(["--config", str(cfg)]))
+    err = capsys.readouterr().err
+    assert e.value.code == 2, err
+    assert f"key '{OUT_KEYS[step]}': {says}" in err and str(cfg) in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert ltree(tmp_path) == before, "nothing may be written"
+
+
+def test_python_m_train_config_faults(tmp_path: Path) -> None:
+    """Two reported command lines as ``python -m distill.bin.train`` (started together): ``exp_dir=<a file>``
+    exits 2 with one line (it was a FileExistsError traceback), ``train.optim.lr=1e-4`` is accepted."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    out_file, says = _bad_out_dir(tmp_path, "file")
+    cfg = _train_yaml(tmp_path, "train: {max_steps: 10}\n")
+    runs = {"file": ([f"exp_dir={out_file}"], 2, says),
+            "lr": (["train.optim.lr=1e-4", "--print-config"], 0, "lr: 0.0001")}
+    procs = {k: subprocess.Popen([sys.executable, "-m", "distill.bin.train", "--config", str(cfg), *args],
+                                 cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for k, (args, _, _) in runs.items()}
+    for k, p in procs.items():
+        out, err = p.communicate(timeout=300)
+        _, code, says = runs[k]
+        assert p.returncode == code, (k, err[-2000:])
+        assert says in (out if code == 0 else err) and "Traceback" not in err, (k, out, err)
+        if code:
+            assert len(err.strip().splitlines()) == 1, (k, err)
+    assert not (tmp_path / "out").exists() and out_file.read_text() == "x"

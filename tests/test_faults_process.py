@@ -82,11 +82,15 @@ def final_state(exp: Path) -> dict[str, dict[str, torch.Tensor]]:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def lang_dir(tmp_path_factory) -> Path:
+    return stages.make_lang(tmp_path_factory.mktemp("faults_process"))
+
+
+@pytest.fixture(scope="module")
+def reference(lang_dir: Path, tmp_path_factory):
     """The lang dir, and the uninterrupted reference run (started here, awaited by the first user)."""
-    root = tmp_path_factory.mktemp("faults_process")
-    lang = stages.make_lang(root)
-    exp = root / "reference"
+    lang = lang_dir
+    exp = tmp_path_factory.mktemp("faults_process_ref") / "reference"
     proc = subprocess.Popen(train_cmd(lang, exp), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env=_env())
     state: dict = {}
@@ -178,3 +182,66 @@ def test_kills_and_a_second_run_then_resume_bit_exact(reference, tmp_path: Path,
         assert want[name].keys() == got[name].keys(), name
         for key in want[name]:
             assert torch.equal(want[name][key], got[name][key]), f"{name}: {key} differs from the uninterrupted run"
+
+
+# scheduled checkpoints at 10 and 20 (keep_last 2, avg2.pt = their mean): a signal anywhere in 11..19 puts an
+# extra checkpoint between them, which must neither push ckpt-10 out of the rotation nor enter the average
+SIG_RUN = ("train.max_steps=20", "train.checkpoint_interval=10")
+
+
+def test_signal_then_resume_gives_the_uninterrupted_models(lang_dir: Path, tmp_path: Path) -> None:
+    """SIGTERM and SIGINT between two scheduled checkpoints, then the same command: last.pt, best.pt, avg2.pt
+    and the exported model.safetensors are bit-identical to an uninterrupted run's."""
+    from safetensors.torch import load_file
+
+    def start(exp: Path) -> subprocess.Popen:
+        return subprocess.Popen(train_cmd(lang_dir, exp, *SIG_RUN), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True, env=_env())
+
+    ref = start(tmp_path / "reference")
+    runs = {sig: (tmp_path / sig.name, start(tmp_path / sig.name)) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        pending, t0 = dict(runs), time.monotonic()
+        while pending:  # signal each run as soon as it has logged update 10: it stops after update 11 or so
+            for sig, (exp, p) in list(pending.items()):
+                assert p.poll() is None, f"{sig.name} run ended early ({p.returncode}): {p.stderr.read()[-3000:]}"
+                if logged_step(exp) >= 10:
+                    os.kill(p.pid, sig)
+                    del pending[sig]
+            assert time.monotonic() - t0 < 300, "the runs did not reach update 10"
+            time.sleep(0.005)
+        for sig, (exp, p) in runs.items():
+            _, err = p.communicate(timeout=300)
+            assert p.returncode == 128 + sig, err[-3000:]
+            log = (exp / "train.log").read_text()
+            stopped = [int(x.split()[0].rstrip(";")) for x in log.split(f"stopped by {sig.name} at update ")[1:]]
+            assert stopped and 10 < stopped[0] < 20, (sig.name, stopped)  # between the two scheduled checkpoints
+            assert not (exp / "model").exists() and not (exp / "last.pt").exists()
+        resumed = {sig: start(exp) for sig, (exp, _) in runs.items()}
+        for sig, p in resumed.items():
+            _, err = p.communicate(timeout=300)
+            assert p.returncode == 0, (sig.name, err[-3000:])
+        _, err = ref.communicate(timeout=300)
+        assert ref.returncode == 0, err[-3000:]
+    finally:
+        for p in [ref, *(p for _, p in runs.values())]:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+    def models(exp: Path) -> dict[str, dict[str, torch.Tensor]]:
+        out = {name: ck.load_model_state(exp / name) for name in ("last.pt", "best.pt", "avg2.pt")}
+        out["model.safetensors"] = load_file(str(exp / "model" / "model.safetensors"))
+        return out
+
+    want = models(tmp_path / "reference")
+    for sig, (exp, _) in runs.items():
+        got = models(exp)
+        for name in want:
+            assert want[name].keys() == got[name].keys(), (sig.name, name)
+            for key in want[name]:
+                assert torch.equal(want[name][key], got[name][key]), \
+                    f"after {sig.name} and resume, {name}: {key} differs from the uninterrupted run"
+        # the signal checkpoint was superseded and removed; the rotation is the uninterrupted one
+        assert [s for s, _ in ck.list_checkpoints(exp / "checkpoints")] == [10, 20]
+        assert sorted(q.name for q in (exp / "checkpoints").iterdir()) == ["ckpt-00000010.pt", "ckpt-00000020.pt"]

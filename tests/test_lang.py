@@ -85,6 +85,20 @@ def test_bpe_vocab_too_large_is_a_clear_error(tmp_path):
         train_bpe(tmp_path / "t.txt", tmp_path, vocab_size=5000)
 
 
+def test_bpe_on_a_bounded_sample(tmp_path):
+    """max_sentences trains on a seeded random sample: characters only in a line left out are not covered."""
+    lines = [" ".join(np.random.default_rng(i).choice(WORDS, 6)) for i in range(2000)]
+    lines.insert(1234, "1212 12")  # the WORDS use every letter
+    (tmp_path / "t.txt").write_text("\n".join(lines) + "\n")
+    full = train_bpe(tmp_path / "t.txt", tmp_path / "full", vocab_size=40)
+    a = train_bpe(tmp_path / "t.txt", tmp_path / "a", vocab_size=40, max_sentences=150)
+    b = train_bpe(tmp_path / "t.txt", tmp_path / "b", vocab_size=40, max_sentences=150)
+    assert not full.uncovered_chars("12") and a.uncovered_chars("12") == {"1", "2"}
+    assert a.pieces == b.pieces  # seeded
+    with pytest.raises(TokenizerError, match="more than 100"):
+        train_bpe(tmp_path / "t.txt", tmp_path / "c", vocab_size=40, max_sentences=50)
+
+
 @pytest.mark.parametrize("text,want", [
     ("Hello, World!", "HELLO WORLD"),
     ("don't  stop -- the well-known “rock’n’roll” band...", "DON'T STOP THE WELL KNOWN ROCK'N'ROLL BAND"),
@@ -108,6 +122,16 @@ def test_text_normaliser_gigaspeech_and_options():
     assert n("<NOISE> HELLO <PERIOD>") == "HELLO"
     assert TextNormalizer(TextNormConfig(case="lower"))("Hello World") == "hello world"
     assert TextNormalizer(TextNormConfig(case="keep", strip_punctuation=False))("Hi, there.") == "Hi, there."
+
+
+def test_text_normaliser_word_memo_is_bounded(monkeypatch):
+    import distill.data.text as text_mod
+
+    monkeypatch.setattr(text_mod, "_MEMO_WORDS", 3)
+    n = TextNormalizer()
+    for _ in range(2):
+        assert n("Hello, World! hello world-wide x y z") == "HELLO WORLD HELLO WORLD WIDE X Y Z"
+        assert len(n._memo) <= 3
 
 
 def test_w2v2_frames_match_a_conv_stack():

@@ -24,6 +24,26 @@ def test_preset_sizes():
     assert s.feat_extract_norm == "layer" and PRESETS["w2v2-large"].do_stable_layer_norm
     assert PRESETS["student-10x384-rcnn"].conv_dim[0] < PRESETS["w2v2-large"].conv_dim[0]
     assert PRESETS["student-10x384-fbank"].frontend == "fbank"
+    # the recipes' default stage-1 student: the paper's 12 x 384, >= 12x smaller, on a lighter CNN that streams
+    d = PRESETS["student-12x384-cnn128-256"]
+    assert n["w2v2-large"] / n["student-12x384-cnn128-256"] >= 12
+    assert (d.num_hidden_layers, d.hidden_size, d.intermediate_size) == (12, 384, 1536) and max(d.conv_dim) < 512
+    assert d.feat_extract_norm == "layer" and d.conv_bias and d.do_stable_layer_norm
+
+
+def test_default_student_is_the_recipes_and_the_benchmarked_one():
+    import yaml
+    from pathlib import Path
+
+    from distill.bin.bench_models import BenchConfig
+    from distill.bin.train import StudentSection
+
+    name = StudentSection().preset
+    assert name in PRESETS and name in BenchConfig().models
+    conf = Path(__file__).resolve().parents[1] / "egs"
+    for corpus in ("librispeech", "gigaspeech"):
+        for c in ("stage1", "stage1_labels_only", "stage1_frame_kl", "stage1_hidden_only"):
+            assert yaml.safe_load((conf / corpus / "conf" / f"{c}.yaml").read_text())["student"]["preset"] == name
 
 
 def test_unknown_preset_and_bad_config():

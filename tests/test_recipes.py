@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -38,18 +39,6 @@ def _env() -> dict:
     return env
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("corpus") / "demo"
-    r = subprocess.run(
-        [sys.executable, str(REPO / "local" / "make_demo_corpus.py"), "--out", str(out), "--size", "tiny",
-         "--layouts", "kaldi,librispeech,gigaspeech", "--nj", "2"],
-        capture_output=True, text=True, env=_env(),
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
-    return out
-
-
 def recipe_copy(tmp_path: Path, name: str, vocab_size: int = 40) -> Path:
     """A copy of egs/<name> (configs may be edited) whose utils/ and path.sh lead back to this checkout.
     Its full-size conf/lang.yaml gets a token set the tiny corpus can train (conf/tiny has its own)."""
@@ -68,14 +57,17 @@ def run_recipe(d: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def run_recipes(jobs: dict[str, tuple[Path, tuple[str, ...]]]) -> dict[str, subprocess.CompletedProcess]:
-    """Several recipe runs side by side (name -> recipe copy and run.sh arguments). Their processes are
+    """Several recipe runs side by side (name -> recipe copy and run.sh arguments; a tuple of argument
+    tuples runs run.sh once per tuple, in order, stopping at the first failure). Their processes are
     single-threaded, so on a 2-core CI machine two runs take little longer than one. Output goes to files
     (a full pipe would block a run)."""
     procs: dict[str, tuple[subprocess.Popen, list]] = {}
     try:
         for name, (d, args) in jobs.items():
             files = [open(d / f"run.{s}.txt", "w+") for s in ("stdout", "stderr")]
-            procs[name] = (subprocess.Popen(["bash", str(d / "run.sh"), *args], stdout=files[0], stderr=files[1],
+            calls = args if args and isinstance(args[0], tuple) else (args,)
+            script = "set -e\n" + "".join(f"bash {shlex.quote(str(d / 'run.sh'))} {shlex.join(c)}\n" for c in calls)
+            procs[name] = (subprocess.Popen(["bash", "-c", script], stdout=files[0], stderr=files[1],
                                             text=True, env=_env(), start_new_session=True), files)
         done = {}
         for name, (p, files) in procs.items():
@@ -136,14 +128,15 @@ _RUNTIME_TRAIN_KEYS = {"exp_dir", "device", "resume", "seed", "exclude_from_chec
                        "ddp_find_unused_parameters"}  # filled in by distill.bin.train from the top level
 
 
-def check_config_used(d: Path, name: str, conf_dir: str = "conf/tiny") -> dict:
-    """exp/<name>/train.yaml (the config the run dumped) is <conf_dir>/<name>.yaml with device=cpu: the
-    run used that file, not a fall-back to a full-size conf/<name>.yaml. Returns the dumped config."""
+def check_config_used(d: Path, name: str, conf_dir: str = "conf/tiny", overrides: tuple[str, ...] = ()) -> dict:
+    """exp/<name>/train.yaml (the config the run dumped) is <conf_dir>/<name>.yaml with device=cpu (and the
+    ``overrides`` run.sh passed): the run used that file, not a fall-back to a full-size conf/<name>.yaml.
+    Returns the dumped config."""
     from distill.bin.train import TrainStageConfig
     from distill.config import config_to_dict, load_config
 
     with contextlib.chdir(d):  # the config's paths are relative to the recipe directory
-        want = config_to_dict(load_config(TrainStageConfig, f"{conf_dir}/{name}.yaml", ["device=cpu"]))
+        want = config_to_dict(load_config(TrainStageConfig, f"{conf_dir}/{name}.yaml", ["device=cpu", *overrides]))
     got = yaml.safe_load((d / "exp" / name / "train.yaml").read_text())
     assert got["exp_dir"] == f"exp/{name}"
     for key in want:
@@ -156,13 +149,15 @@ def check_config_used(d: Path, name: str, conf_dir: str = "conf/tiny") -> dict:
     return got
 
 
-def check_trained(d: Path, name: str, vocab: int, streaming_chunk: Optional[int] = None) -> int:
+def check_trained(d: Path, name: str, vocab: int, streaming_chunk: Optional[int] = None, conf_dir: str = "conf/tiny",
+                  overrides: tuple[str, ...] = ()) -> int:
     """A finished training run in exp/<name>: log records, the averaged final model as a loadable Hugging
-    Face directory of the lang's vocabulary; returns the model's parameter count."""
+    Face directory of the lang's vocabulary that carries the lang's tokens; returns the model's parameter
+    count."""
     from distill.models import load_pretrained
 
     exp = d / "exp" / name
-    cfg = check_config_used(d, name)
+    cfg = check_config_used(d, name, conf_dir, overrides)
     n_steps = cfg["train"]["max_steps"]
     recs = [json.loads(line) for line in (exp / "train_log.jsonl").read_text().splitlines() if line.strip()]
     assert max(r["step"] for r in recs) == n_steps, f"{name}: log does not reach update {n_steps}"
@@ -175,6 +170,8 @@ def check_trained(d: Path, name: str, vocab: int, streaming_chunk: Optional[int]
     model = load_pretrained(str(exp / "model"))
     assert model.config.vocab_size == vocab, f"{name}: {model.config.vocab_size} outputs, lang has {vocab}"
     assert model.config.chunk_frames == (streaming_chunk or 0), f"{name}: chunk {model.config.chunk_frames}"
+    lang_tokens = (d / "data" / "lang" / "tokens.txt").read_text()
+    assert (exp / "model" / "tokens.txt").read_text() == lang_tokens, f"{name}: the model does not carry its tokens"
     return int(sum(p.numel() for p in model.parameters()))
 
 
@@ -235,7 +232,8 @@ def oracle_errors(tmp: Path, refs: dict[str, list[str]], hyps: dict[str, list[st
     return sum(int(s) + int(d) + int(i) for _, s, d, i in scores)
 
 
-def check_results(d: Path, test_sets: list[str], tmp: Path, trained: Optional[set[str]] = None) -> list[dict]:
+def check_results(d: Path, test_sets: list[str], tmp: Path, trained: Optional[set[str]] = None,
+                  conf_dir: str = "conf/tiny") -> list[dict]:
     """Stage 6 outputs of the recipe copy ``d``: RESULTS.md, results.json, plots, per-model scoring files.
 
     Every row of the decode config the run used is in results.json in config order with complete,
@@ -244,11 +242,11 @@ def check_results(d: Path, test_sets: list[str], tmp: Path, trained: Optional[se
     file with sclite. Returns results.json."""
     exp = d / "exp"
     dec_cfg = yaml.safe_load((exp / "decode" / "decode.yaml").read_text())
-    tiny = yaml.safe_load((d / "conf" / "tiny" / "decode.yaml").read_text())
+    tiny = yaml.safe_load((d / conf_dir / "decode.yaml").read_text())
     assert dec_cfg["models"] == [{"form": "fp32", "chunks": None, **m} for m in tiny["models"]], \
-        "stage 6 did not use conf/tiny/decode.yaml"
+        f"stage 6 did not use {conf_dir}/decode.yaml"
     rows = expected_rows(tiny)
-    own_chunk = yaml.safe_load((d / "conf" / "tiny" / "stage2.yaml").read_text())["streaming"]["chunk_frames"][0]
+    own_chunk = yaml.safe_load((d / conf_dir / "stage2.yaml").read_text())["streaming"]["chunk_frames"][0]
     results = json.loads((exp / "results.json").read_text())
     assert isinstance(results, list) and [r["name"] for r in results] == [n for n, _, _ in rows]
     methods = dec_cfg["methods"]

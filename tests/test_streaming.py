@@ -37,7 +37,9 @@ def run_stream(rec, wave, rng, lo=160, hi=16000):
 
 
 @pytest.mark.parametrize("stable,left,kw", [(True, None, {}), (True, 2, {}), (False, 1, {}), (False, 0, {}),
-                                           (True, 1, dict(wave_norm="fixed", wave_mean=-0.02, wave_std=0.3))])
+                                           (True, 1, dict(wave_norm="fixed", wave_mean=-0.02, wave_std=0.3)),
+                                           (True, 1, dict(wave_norm="running", wave_mean=-0.02, wave_std=0.3)),
+                                           (True, 1, dict(conv_dim=(8, 8, 16, 16, 16, 16, 16)))])  # widening CNN
 def test_streaming_equals_chunk_masked_forward(stable, left, kw):
     torch.manual_seed(0)
     m = build_model(tiny(do_stable_layer_norm=stable, **kw), 7).eval()

@@ -222,3 +222,50 @@ def test_teacher_task_and_frontend_features(den):
     assert torch.equal(lens, full.lengths)
     with pytest.raises(ValueError, match="labels only"):
         TeacherTask(model, DistillObjective(ObjectiveConfig(alpha=0.0), None, (2, 16, 16), (2, 16, 16)))
+
+
+def test_overrides_that_change_the_layout_of_a_loaded_model_name_the_key():
+    """``student.init_from`` + ``student.overrides`` that change shapes: a config error, not a traceback."""
+    from distill.bin.train import _apply_overrides
+    from distill.config import ConfigError
+    from distill.models import build_model
+    from distill.train.tasks import rebuild_with_config
+    from model_fixtures import tiny
+
+    m = build_model(tiny(), 7)
+    assert rebuild_with_config(m, hidden_dropout=0.2).config.hidden_dropout == 0.2
+    with pytest.raises(ConfigError, match=r"key 'student.overrides'.*\['intermediate_size'\] change the parameter "
+                                          r"layout \(size mismatch for encoder"):
+        _apply_overrides(m, {"intermediate_size": 64}, "student.overrides")
+
+
+def test_teacher_cache_states_its_disk_cost_and_refuses_what_does_not_fit(tmp_path, monkeypatch, caplog):
+    """The estimate matches the files put() writes; a new cache larger than the free disk is refused
+    before anything is written, with both numbers in the message."""
+    import logging
+    import os
+    import shutil
+    from collections import namedtuple
+
+    from distill.train.tasks import TeacherCache, TeacherCacheError
+
+    frames, vals = 215, 500  # 4.3 s cuts, scores over a 500-token vocabulary
+    cache = TeacherCache(tmp_path / "c", {"teacher": "t"}, values_per_frame=vals, hours=20 * 4.3 / 3600,
+                         utterances=20)
+    assert cache.bytes_per_hour(vals) == 3600 * 50 * vals * 2
+    with caplog.at_level(logging.INFO):
+        cache.open()
+    assert "0.18 GB per hour of audio (500 values per frame, float16)" in caplog.text
+    for k in range(20):
+        cache.put(f"utt{k}", {"scores": torch.zeros(frames, vals)})
+    used = sum(os.stat(p).st_blocks * 512 for p in (tmp_path / "c").rglob("*.pt"))
+    assert abs(cache.bytes_needed(vals, 20 * 4.3 / 3600, 20) - used) <= 0.05 * used
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**12, 0, 5 * 10**9))
+    big = TeacherCache(tmp_path / "big", {"teacher": "t"}, values_per_frame=12 * 1024, hours=10_000.0,
+                       utterances=8_300_000)
+    with pytest.raises(TeacherCacheError, match=r"would need 44263\.8 GB \(4\.42 GB per hour of audio x 10000\.0 h"
+                       r".* only 5\.0 GB are free"):
+        big.open()
+    assert not (tmp_path / "big").exists()

@@ -420,6 +420,8 @@ def test_sigterm_finishes_the_update_and_checkpoints(tmp_path: Path) -> None:
     tr, res = fit(cfg(tmp_path, accum_grad=2, max_steps=10), make_batches([2] * 10), loss_fn)
     assert (res.status, res.step, res.exit_code) == ("interrupted", 2, 143)
     assert len(seen) == 4  # the update in progress was completed
-    assert res.checkpoint == ck.checkpoint_path(tmp_path / "exp" / "checkpoints", 2) and res.checkpoint.exists()
+    # off the schedule (checkpoint_interval=0): a signal checkpoint, outside the rotation and averaging
+    assert res.checkpoint == ck.signal_checkpoint_path(tmp_path / "exp" / "checkpoints", 2) and res.checkpoint.exists()
+    assert ck.list_checkpoints(tmp_path / "exp" / "checkpoints") == []
     assert ck.load(res.checkpoint)["trainer"]["batch_in_epoch"] == 4
     assert signal.getsignal(signal.SIGTERM) is before  # handlers restored

@@ -16,9 +16,9 @@ import torch
 from distill.bin import build_decode_graph, transcribe
 from distill.data.tokenizer import build_char_tokenizer, write_lang_files
 from distill.decode.audio import AudioError, read_audio, read_wav_list, read_wav_scp, resample
-from distill.graph.den import train_token_lm
 from distill.models.config import W2V2Config
 from distill.models.wav2vec2 import W2V2Model
+from model_fixtures import write_char_lang
 
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
 CLIPS = sorted(LIBRIVOX.glob("*.wav")) if LIBRIVOX.is_dir() else []
@@ -31,11 +31,8 @@ needs_clips = pytest.mark.skipif(not CLIPS, reason="pocketsphinx-testdata LibriV
 def setup(tmp_path_factory):
     """A char lang dir (with P.arpa and train_text.txt) and a tiny random model saved in HF format."""
     tmp = tmp_path_factory.mktemp("transcribe")
-    tok = build_char_tokenizer(TEXTS)
     lang = tmp / "lang"
-    write_lang_files(lang, tok, {w for t in TEXTS for w in t.split()})
-    (lang / "train_text.txt").write_text("".join(t + "\n" for t in TEXTS))
-    train_token_lm([tok.encode(t) for t in TEXTS], tok.pieces, 2).write_arpa(lang / "P.arpa")
+    tok = write_char_lang(lang, TEXTS)
     torch.manual_seed(0)
     cfg = W2V2Config(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                      intermediate_size=64, conv_dim=(16,) * 7, feat_extract_norm="layer", conv_bias=True,

@@ -156,3 +156,55 @@ def test_estimate_fbank_cmvn_matches_numpy():
 def test_config_round_trip():
     c = tiny(wave_norm="fixed", wave_std=0.1)
     assert W2V2Config.from_dict(c.to_dict()) == c
+
+
+# ------------------------------------------------------------------ causal running normalisation
+def test_running_norm_equals_numpy_oracle():
+    """``running``: block b scaled by the statistics of blocks < b plus the prior (the independent numpy
+    version of the measurement, distill.bin.bench_wave_norm), padding set to 0."""
+    from distill.bin.bench_wave_norm import prefix_norm
+    from distill.models.wave_norm import running_norm
+
+    rng = np.random.default_rng(3)
+    lens = [5000, 3333, 1]
+    x = torch.zeros(3, 5000)
+    for i, n in enumerate(lens):
+        x[i, :n] = torch.from_numpy(rng.normal(0.01, 0.2 * (i + 1), n).astype(np.float32))
+    x[1, 3333:] = 9.0  # padding must not count
+    got, state = running_norm(x, 0.005, 0.07, 0.1, 320, torch.tensor(lens))
+    for i, n in enumerate(lens):
+        want = prefix_norm(x[i, :n].double().numpy(), 0.005, 0.07 ** 2, 0.1)
+        np.testing.assert_allclose(got[i, :n].numpy(), want, rtol=1e-4, atol=1e-4)
+        assert not bool(got[i, n:].any())
+        assert state[i].tolist() == pytest.approx([float(x[i, :n].double().sum()),
+                                                   float(x[i, :n].double().pow(2).sum()), n])
+    # the model uses it: a louder copy of an utterance gives nearly the same input after the first blocks
+    m = build_model(tiny(wave_norm="running", wave_mean=0.0, wave_std=0.05, wave_prior_s=0.01), 7)
+    a, b = m.normalize_wave(x[:1]), m.normalize_wave(x[:1] * 4.0)
+    assert (a[0, 1600:] - b[0, 1600:]).abs().max() < 0.05
+
+
+def test_student_of_a_per_utterance_teacher_streams():
+    """lv60-style teachers normalise each utterance; their students get causal running normalisation
+    (unless asked for an offline-only student), stream, and keep it through save/load."""
+    teacher = build_model(tiny(wave_norm="utterance"), 7)
+    s = make_student(teacher, tiny(num_hidden_layers=1))
+    assert s.config.wave_norm == "running" and "feature_extractor" in s.init_report
+    assert make_student(teacher, tiny(num_hidden_layers=1), streamable=False).config.wave_norm == "utterance"
+    s.eval().set_streaming(4, 1)
+    StreamingRecognizer(s, 4, 1)
+    cfg = s.config.replace(wave_mean=0.01, wave_std=0.2, wave_prior_s=0.3)
+    assert W2V2Config.from_dict(cfg.to_dict()) == cfg
+
+
+def test_stage4_refuses_a_student_that_cannot_stream(tmp_path):
+    """A config whose student could not stream in stage 2 stops at start-up of stage 4, saying what to set."""
+    from distill.bin.train import TrainStageConfig, check_config
+    from distill.config import ConfigError, load_config
+
+    (tmp_path / "t").mkdir()
+    ov = [f"teacher={tmp_path / 't'}", "lang_dir=" + str(tmp_path), "student.preset=demo-student", "objective.alpha=0.0", "train.max_steps=1", "student.overrides={wave_norm: utterance}"]
+    cfg = load_config(TrainStageConfig, None, ov)
+    with pytest.raises(ConfigError, match=r"student.overrides.*streamable: false"):
+        check_config(cfg, "stage1.yaml")
+    check_config(load_config(TrainStageConfig, None, ov + ["student.streamable=false"]), "stage1.yaml")

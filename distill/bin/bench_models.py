@@ -45,9 +45,12 @@ class BenchConfig:
     """Options of the model benchmark."""
 
     teacher: str = "w2v2-large"
-    models: list[str] = field(default_factory=lambda: ["student-12x384", "student-10x384-rcnn"])
+    # the recipes' default stage-1 student first, then the same encoder with the teacher's full CNN
+    models: list[str] = field(
+        default_factory=lambda: ["student-12x384-cnn128-256", "student-12x384", "student-10x384-rcnn"]
+    )
     deploy: str = "student-10x384-fbank"  # gets int8 / ONNX / streaming forms
-    streaming_models: list[str] = field(default_factory=lambda: ["student-12x384"])
+    streaming_models: list[str] = field(default_factory=lambda: ["student-12x384-cnn128-256", "student-12x384"])
     seconds: float = 10.0
     repeats: int = 3
     threads: list[int] = field(default_factory=lambda: [1, 0])  # 0 = all cores

@@ -34,7 +34,7 @@ class DecodeGraphConfig:
     """Word LM + HLG.fst (and the token graph HP.fst) for WFST decoding."""
 
     lang_dir: str = path_field("data/lang")
-    out_dir: str = "data/lang_test"
+    out_dir: str = path_field("data/lang_test", output_dir=True)
     lm_arpa: Optional[str] = path_field(None)  # a given word ARPA LM; None: estimate one from lm_text
     lm_text: Optional[str] = None  # default: <lang_dir>/train_text.txt
     lm_order: int = 3

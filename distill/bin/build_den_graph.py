@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from distill.config import dump_config, parse_cli, path_field
-from distill.graph.den import build_den_graph, read_token_ids, read_tokens
+from distill.graph.den import TokenIdsStats, build_den_graph, iter_token_ids, read_tokens
 from distill.log import setup_logging
 
 log = logging.getLogger("distill.build_den_graph")
@@ -45,15 +45,20 @@ def main(argv: list[str] | None = None) -> None:
     if cfg.min_count < 1:
         raise SystemExit(f"error: min_count must be >= 1, got {cfg.min_count}")
     t0 = time.time()
+    ids_path = lang / cfg.train_token_ids
     try:
         tokens = read_tokens(lang / cfg.tokens)
-        seqs, empty = read_token_ids(lang / cfg.train_token_ids, len(tokens))
+        if not ids_path.is_file():
+            raise FileNotFoundError(f"training token file '{ids_path}' does not exist")
+        # P's counts are taken in one pass over the file, one line in memory at a time
+        stats = TokenIdsStats()
+        den = build_den_graph(tokens, iter_token_ids(ids_path, len(tokens), stats), lang / cfg.arpa, cfg.order,
+                              cfg.smoothing, cfg.min_count, cfg.method)
     except (OSError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
-    if empty:
-        log.warning("%s: skipped %d empty lines", lang / cfg.train_token_ids, empty)
-    log.info("%d training utterances, %d tokens, V = %d", len(seqs), sum(map(len, seqs)), len(tokens))
-    den = build_den_graph(tokens, seqs, lang / cfg.arpa, cfg.order, cfg.smoothing, cfg.min_count, cfg.method)
+    if stats.empty:
+        log.warning("%s: skipped %d empty lines", ids_path, stats.empty)
+    log.info("%d training utterances, %d tokens, V = %d", stats.utterances, stats.tokens, len(tokens))
     den.save(lang / cfg.output)
     dump_config(cfg, lang / "log" / "build_den_graph.yaml")
     print(f"den graph: {den.num_states} states, {den.num_arcs} arcs, V = {len(tokens)} "

@@ -25,10 +25,11 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from distill.data.tokenizer import TOKEN_FILES, Tokenizer, check_same_tokens, copy_token_files
+
 log = logging.getLogger("distill.bin.package_model")
 
 DTYPES = ("float32", "float16", "bfloat16")
-TOKEN_FILES = ("bpe.model", "tokens.txt")
 TRAIN_FILES = ("train.yaml", "train_log.jsonl", "train.log")
 
 
@@ -119,19 +120,15 @@ def package(model: Path, out: Path, lang_dir: Path, dtype: str = "float16", trai
     if not tokens:
         raise PackageError(f"lang dir '{lang_dir}' has neither {' nor '.join(TOKEN_FILES)}")
     m = load_pretrained(model)
-    from distill.data.tokenizer import Tokenizer
-
-    vocab = Tokenizer.load(lang_dir).vocab_size
-    if vocab != m.config.vocab_size:
-        raise PackageError(f"'{model}' has {m.config.vocab_size} outputs but '{lang_dir}' has {vocab} tokens")
+    check_same_tokens(model, "model", lang_dir, "lang dir", a_size=m.config.vocab_size,
+                      b_size=Tokenizer.load(lang_dir).vocab_size)
     if test_dir is not None and not all((test_dir / f).is_file() for f in ("wav.scp", "text")):
         raise PackageError(f"test dir '{test_dir}' has no wav.scp or no text")
     final, out = out, out.with_name(out.name + ".partial")  # `final` appears only when complete
     if out.exists():
         shutil.rmtree(out)
     save_pretrained(m, out, dtype=getattr(torch, dtype))
-    for f in tokens:
-        shutil.copy2(lang_dir / f, out / f)
+    copy_token_files(lang_dir, out)
     if train_dir is not None:
         for f in TRAIN_FILES:
             if (train_dir / f).is_file():

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import sys
 import time
 from pathlib import Path
 from typing import Literal, Optional
 
-from distill.config import ConfigError, dump_config, parse_cli
+from distill.config import ConfigError, dump_config, missing_path, parse_cli, path_field
 from distill.data import report as R
 from distill.data.manifests import LOGICAL_SPLITS, write_part, write_splits_index
+from distill.data.pipe import DEFAULT_PIPE_TIMEOUT
 from distill.data.prep_common import DataPrepError
 from distill.log import setup_logging
 
@@ -33,7 +35,7 @@ class PrepareManifestsConfig:
 
     corpus: Literal["librispeech", "gigaspeech", "kaldi"]
     corpus_dir: Optional[str] = None
-    out_dir: str = "data/manifests"
+    out_dir: str = path_field("data/manifests", output_dir=True)
     # logical split → corpus parts (LibriSpeech parts, GigaSpeech subsets, or Kaldi data dir names)
     splits: dict[str, list[str]] = dataclasses.field(default_factory=_default_splits)
     # a flat list of parts replacing `splits`; each goes to train/dev/test by its name (see split_of)
@@ -42,6 +44,8 @@ class PrepareManifestsConfig:
     download: bool = False
     # header: read headers only; tail: also decode 0.1 s at each end (catches truncation); full: decode all
     audio_check: Literal["header", "tail", "full"] = "tail"
+    # seconds a Kaldi wav.scp `cmd |` may run before it is killed with its child processes (utterance dropped)
+    pipe_timeout: float = DEFAULT_PIPE_TIMEOUT
     log_file: Optional[str] = None
 
 
@@ -87,7 +91,9 @@ def check_inputs(cfg: PrepareManifestsConfig) -> None:
     if cfg.corpus_dir is None and not cfg.download:
         raise ConfigError("missing required key 'corpus_dir' (or download=true for LibriSpeech)")
     if cfg.corpus_dir is not None and not cfg.download and not Path(cfg.corpus_dir).exists():
-        raise ConfigError(f"key 'corpus_dir': path '{cfg.corpus_dir}' does not exist")
+        raise ConfigError(f"key 'corpus_dir': {missing_path(cfg.corpus_dir)}")
+    if not (math.isfinite(cfg.pipe_timeout) and cfg.pipe_timeout > 0):
+        raise ConfigError(f"key 'pipe_timeout': expected a positive number of seconds, got {cfg.pipe_timeout!r}")
     try:
         resolve_splits(cfg)
     except DataPrepError as e:
@@ -116,15 +122,16 @@ def run(cfg: PrepareManifestsConfig) -> R.PrepReport:
     elif cfg.corpus == "gigaspeech":
         from distill.data import gigaspeech
 
-        manifests = gigaspeech.prepare(corpus_dir, parts, report, cfg.nj, cfg.audio_check)
+        manifests = None  # streamed: written while the metadata is read
+        index = gigaspeech.write_manifests(corpus_dir, parts, report, out_dir, cfg.nj, cfg.audio_check)
     else:
         from distill.data import kaldi_dir
 
-        manifests = kaldi_dir.prepare(corpus_dir, parts, report, out_dir / "kaldi_clean", cfg.nj, cfg.audio_check)
-    index = {}
+        manifests = kaldi_dir.prepare(corpus_dir, parts, report, out_dir / "kaldi_clean", cfg.nj, cfg.audio_check,
+                                      cfg.pipe_timeout)
+    if manifests is not None:
+        index = {part: write_part(out_dir, cfg.corpus, part, *manifests[part]) for part in parts}
     for part in parts:
-        recs, sups = manifests[part]
-        index[part] = write_part(out_dir, cfg.corpus, part, recs, sups)
         report.extra[part].update(hours=index[part]["hours"])
     write_splits_index(out_dir, cfg.corpus, splits, index)
     report.write_json(out_dir / "summary.json")

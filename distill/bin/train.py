@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any, Callable, Literal, Optional, Sequence
 import torch
 
 from distill.config import ConfigError, config_to_dict, dump_config, load_config, path_field
+from distill.data.tokenizer import TokenizerError, TokenMismatchError, check_same_tokens, copy_token_files
 from distill.losses.objective import ObjectiveConfig
 from distill.train.config import TrainConfig
 
@@ -63,7 +65,9 @@ class ModelSection:
 class StudentSection:
     """The student of ``task: distill*``: from a preset initialised from the teacher, or from a model."""
 
-    preset: Optional[str] = "student-12x384"
+    # the recipes' default: 12 x 384 on a lighter CNN, 13.4x smaller / ~11x faster than w2v2-large (its CNN
+    # starts fresh; "student-12x384" copies the teacher's but is only 3.7x faster; README Benchmarks)
+    preset: Optional[str] = "student-12x384-cnn128-256"
     init_from: Optional[str] = path_field(None)  # a model (HF dir / .pt) to start from instead (stage 2: S_N)
     layer_init: Literal["every_k", "first_k"] = "every_k"
     copy_head: bool = True
@@ -71,6 +75,11 @@ class StudentSection:
     # the init_from model (then only fields that keep the parameter layout: dropouts, ...)
     overrides: dict[str, Any] = field(default_factory=dict)
     fbank_cmvn_batches: int = 20  # Fbank front-end: estimate global CMVN on this many batches (0 = identity)
+    # the student must be able to stream (stage 2): a teacher that normalises each utterance (lv60) gets
+    # a student with causal running normalisation (wave_norm: running) whose prior is estimated on
+    # wave_stats_batches training batches; false keeps the teacher's scaling (an offline-only student)
+    streamable: bool = True
+    wave_stats_batches: int = 20
 
 
 @dataclass
@@ -99,7 +108,7 @@ class TrainStageConfig:
 
     task: Literal["teacher", "distill", "distill_streaming"] = "distill"
     lang_dir: str = path_field("data/lang")
-    exp_dir: str = "exp/train"
+    exp_dir: str = path_field("exp/train", output_dir=True)
     device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK)
     resume: bool = True  # continue from the newest checkpoint in exp_dir
     num_workers: int = 2  # DataLoader worker processes
@@ -114,7 +123,7 @@ class TrainStageConfig:
     spec_augment: SpecAugmentSection = field(default_factory=SpecAugmentSection)
     data: DataSection = field(default_factory=DataSection)
     teacher_cache: bool = False  # store teacher outputs per cut on disk and reuse them across epochs
-    teacher_cache_dir: Optional[str] = None  # default <exp_dir>/teacher_cache
+    teacher_cache_dir: Optional[str] = path_field(None, output_dir=True)  # default <exp_dir>/teacher_cache
     teacher_cache_dtype: Literal["float16", "float32"] = "float16"
     final: Literal["best", "last", "avg"] = "best"  # weights exported to <exp_dir>/model (avg: train.average_last)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -155,6 +164,11 @@ def check_config(cfg: TrainStageConfig, src: str) -> None:
                     "unperturbed audio)")
             if not distill_terms:
                 bad("teacher_cache", "no distillation term is weighted: there is nothing to cache")
+    if cfg.task != "teacher" and cfg.student.init_from is None and cfg.student.overrides.get("wave_norm") == "utterance" \
+            and (cfg.student.streamable or cfg.task == "distill_streaming"):
+        bad("student.overrides", "wave_norm 'utterance' needs the whole utterance and the student could not stream "
+            "in stage 2: remove it (a student of a per-utterance teacher then uses causal running "
+            "normalisation, wave_norm: running) or set student.streamable: false for an offline-only student")
     if cfg.task == "distill_streaming":
         s = cfg.streaming
         if not s.chunk_frames or any(c < 0 for c in s.chunk_frames):
@@ -183,6 +197,9 @@ def check_config(cfg: TrainStageConfig, src: str) -> None:
         unknown = sorted(set(ov) - fields)
         if unknown:
             bad(f"{key}.overrides", f"unknown model config field(s) {unknown}")
+        for k, v in ov.items():  # free-form values: the float check of distill.config does not reach them
+            if isinstance(v, float) and not math.isfinite(v):
+                bad(f"{key}.overrides.{k}", f"{v} is not a finite number (no option accepts nan or inf)")
     sa = cfg.spec_augment
     if not 0.0 <= sa.time_prob < 1.0:
         bad("spec_augment.time_prob", "must lie in [0, 1)")
@@ -257,13 +274,13 @@ def _load_model(path: str, key: str, vocab_size: Optional[int] = None) -> Any:
         raise ConfigError(f"key '{key}': cannot load '{path}': {e}") from None
 
 
-def _token_mismatch(model_path: Path, lang_dir: Path) -> str:
-    """Why a pretrained head does not fit the lang: the model ships a ``tokens.txt`` (as packaged models
-    do) that differs from the lang's. Empty when it fits or when the model ships no tokens."""
-    ours, theirs = model_path / "tokens.txt", lang_dir / "tokens.txt"
-    if not (ours.is_file() and theirs.is_file()) or ours.read_text() == theirs.read_text():
-        return ""
-    return f"other tokens than {theirs} (its {ours} differs)"
+def _check_tokens(path: str, label: str, key: str, model: Any, lang_dir: str, vocab: int) -> None:
+    """ConfigError naming ``key`` unless the model at ``path`` has the lang dir's output units (its token
+    inventory when it carries one, else its size): see :func:`distill.data.tokenizer.check_same_tokens`."""
+    try:
+        check_same_tokens(path, label, lang_dir, "lang dir", a_size=model.config.vocab_size, b_size=vocab)
+    except TokenizerError as e:
+        raise ConfigError(f"key '{key}': {e}") from None
 
 
 def build_teacher_model(cfg: TrainStageConfig, vocab: int, stats_loader: Optional[Callable[[], Any]] = None) -> Any:
@@ -288,14 +305,21 @@ def build_teacher_model(cfg: TrainStageConfig, vocab: int, stats_loader: Optiona
         changes = dict(m.overrides)
         try:
             model = load_pretrained(m.path, vocab_size=vocab)
-            why = _token_mismatch(Path(m.path), Path(cfg.lang_dir))
         except CheckpointError as first:
             model = _load_model(m.path, "model.path")
             if model.config.vocab_size == vocab:
                 raise ConfigError(f"key 'model.path': {first}") from None
-            why = f"an output layer of {model.config.vocab_size} units; the lang has {vocab}"
+            why = f"'{m.path}' has an output layer of {model.config.vocab_size} units; the lang has {vocab}"
+        else:
+            try:
+                check_same_tokens(m.path, "checkpoint", cfg.lang_dir, "lang dir", a_size=vocab, b_size=vocab)
+                why = ""
+            except TokenMismatchError as e:  # a packaged checkpoint with other tokens than the lang's
+                why = str(e)
+            except TokenizerError as e:
+                raise ConfigError(f"key 'model.path': {e}") from None
         if why:
-            log.warning("%s has %s: a new output layer is trained", m.path, why)
+            log.warning("%s: a new output layer is trained", why)
             model.lm_head = nn.Linear(model.config.hidden_size, vocab)
             nn.init.normal_(model.lm_head.weight, std=0.02)
             nn.init.zeros_(model.lm_head.bias)
@@ -338,20 +362,31 @@ def build_task(cfg: TrainStageConfig, tokenizer: Any, cmvn_loader: Optional[Call
         return T.TeacherTask(model, DistillObjective(obj_cfg, den, dims(model)))
 
     teacher = _load_model(cfg.teacher, "teacher") if cfg.teacher else None
-    if teacher is not None and teacher.config.vocab_size != vocab:
-        raise ConfigError(f"key 'teacher': '{cfg.teacher}' has {teacher.config.vocab_size} output units but "
-                          f"the lang dir '{cfg.lang_dir}' has {vocab} tokens")
+    if teacher is not None:
+        _check_tokens(cfg.teacher, "teacher", "teacher", teacher, cfg.lang_dir, vocab)
     st = cfg.student
     changes: dict[str, Any] = {}
     if st.init_from:
         student = _load_model(st.init_from, "student.init_from")
-        if student.config.vocab_size != vocab:
-            raise ConfigError(f"key 'student.init_from': {student.config.vocab_size} output units, the lang "
-                              f"has {vocab}")
+        _check_tokens(st.init_from, "model", "student.init_from", student, cfg.lang_dir, vocab)
         changes = dict(st.overrides)
     else:
         student = make_student(teacher, _preset_config(st.preset, st.overrides, "student.preset"),
-                               layer_init=st.layer_init, copy_head=st.copy_head)
+                               layer_init=st.layer_init, copy_head=st.copy_head,
+                               streamable=st.streamable or cfg.task == "distill_streaming")
+    prior = False  # running normalisation that replaces a per-utterance one: its prior comes from the data
+    if cfg.task == "distill_streaming" and student.config.wave_norm == "utterance" and "wave_norm" not in changes:
+        log.warning("'%s' normalises each utterance, which cannot stream: the streaming student uses causal "
+                    "running normalisation (wave_norm: running) instead", st.init_from)
+        changes["wave_norm"] = "running"
+        prior = True
+    elif not st.init_from and teacher is not None and teacher.config.wave_norm == "utterance":
+        prior = student.config.wave_norm == "running" and not {"wave_mean", "wave_std"} & set(st.overrides)
+    if prior and cmvn_loader is not None and st.wave_stats_batches > 0:
+        mean, std = T.estimate_wave_stats(cmvn_loader(), st.wave_stats_batches)
+        changes.update(wave_mean=mean, wave_std=std)
+        log.info("wave_norm running: prior mean %.3g, std %.4g from %d training batches", mean, std,
+                 st.wave_stats_batches)
     if sa.time_prob > 0:
         changes.update(mask_time_prob=sa.time_prob, mask_time_length=sa.time_length)
     student = _apply_overrides(student.train(), changes, "student.overrides")
@@ -369,7 +404,12 @@ def build_task(cfg: TrainStageConfig, tokenizer: Any, cmvn_loader: Optional[Call
         cache_dir = cfg.teacher_cache_dir or str(Path(cfg.exp_dir) / "teacher_cache")
         fp = T.config_fingerprint(teacher, cfg.teacher)
         fp["targets"] = objective.teacher_needs()
-        cache = T.TeacherCache(cache_dir, fp, getattr(torch, cfg.teacher_cache_dtype))
+        from distill.data.manifests import read_cuts_size
+
+        size = read_cuts_size(cfg.lang_dir, "train") or (None, None)  # checks the cache fits the free disk
+        cache = T.TeacherCache(cache_dir, fp, getattr(torch, cfg.teacher_cache_dtype),
+                               values_per_frame=T.cache_values_per_frame(teacher, fp["targets"]),
+                               hours=size[0], utterances=size[1])
         cache.open()
     chunks: list[int] = cfg.streaming.chunk_frames if cfg.task == "distill_streaming" else []
     return T.DistillTask(student, teacher, objective, chunks, cfg.streaming.left_chunks,
@@ -385,7 +425,8 @@ def _freeze_prefixes(cfg: TrainStageConfig, task: Any) -> None:
 
 
 def export_final(cfg: TrainStageConfig, task: Any) -> Path:
-    """Write the chosen final weights of the trained model to ``<exp_dir>/model`` (Hugging Face format)."""
+    """Write the chosen final weights of the trained model to ``<exp_dir>/model`` (Hugging Face format),
+    with the lang dir's token files, so that the directory is self-contained."""
     import copy
 
     from distill.models import save_pretrained
@@ -406,6 +447,7 @@ def export_final(cfg: TrainStageConfig, task: Any) -> Path:
     model = W2V2Model(config)
     model.load_state_dict(load_model_state(path))
     out = save_pretrained(model.eval(), exp / "model")
+    copy_token_files(cfg.lang_dir, out)
     (exp / "final.json").write_text(json.dumps({"source": path.name, "model": str(out)}, indent=1) + "\n")
     log.info("final model (%s) written to %s", path.name, out)
     return out
@@ -472,6 +514,9 @@ def run(cfg: TrainStageConfig) -> int:
                                  rank=rank, world_size=world, seed=cfg.seed, num_workers=0)
         task = build_task(cfg, tok, lambda: make_dataloader(load_cuts(cfg.lang_dir, "train"), tok, d.max_duration,
                                                             shuffle=True, seed=cfg.seed))
+        if rank == 0:  # the config as written (freeze prefixes relative to the trained model), re-runnable
+            Path(cfg.exp_dir).mkdir(parents=True, exist_ok=True)
+            dump_config(cfg, Path(cfg.exp_dir) / "train.yaml")
         _freeze_prefixes(cfg, task)
         freeze_fns = []
         if cfg.objective.feature_only_steps > 0:
@@ -479,9 +524,6 @@ def run(cfg: TrainStageConfig) -> int:
                 "student.feature_extractor."
             freeze_fns.append(((lambda n, p=prefix: not n.startswith((p, "objective.feat_proj."))),
                                cfg.objective.feature_only_steps))
-        if rank == 0:
-            Path(cfg.exp_dir).mkdir(parents=True, exist_ok=True)
-            dump_config(cfg, Path(cfg.exp_dir) / "train.yaml")
         trained = task.trained_model()
         trainer = Trainer(tc, task, T.compute_loss, train_dl, sampler=train_dl,
                           validate=T.make_validate(task, dev_dl, tok, d.wer_normalize, d.valid_max_batches),

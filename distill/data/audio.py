@@ -5,18 +5,21 @@ corpus: :func:`probe_file` reads the header (``soundfile.info``) and, with ``che
 tenth of a second at each end, which catches truncated FLAC/Opus streams and non-audio files cheaply.
 Truncated WAV files (whose header declares more data than the file holds) are caught by reading the
 RIFF chunk sizes. ``check="full"`` decodes everything (slower, strictest). Kaldi ``cmd |`` entries are
-run once and the produced bytes decoded once (:func:`probe_command`).
+run once and the produced bytes decoded once (:func:`probe_command`); :func:`distill.data.pipe.run_pipe` is the
+one place that runs them. A path that is not a regular file (directory, FIFO, symlink loop) is refused from its
+``stat`` alone (:func:`path_problem`), so a FIFO never blocks stage 0.
 
 Problems raise :class:`AudioProblem` carrying a reason from :mod:`distill.data.report`, so the caller
 can drop and count the item instead of crashing.
 """
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import math
 import os
-import subprocess
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +30,7 @@ import soundfile as sf
 import torch
 
 from distill.data import report as R
+from distill.data.pipe import DEFAULT_PIPE_TIMEOUT, PipeError, run_pipe
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +106,40 @@ def _count_decoded(snd: sf.SoundFile) -> int:
     return total
 
 
+def path_problem(path: str | Path) -> AudioProblem | None:
+    """Why ``path`` cannot be opened as an audio file, or None for a regular file (or a link to one).
+
+    Looks only at ``stat``, never opens the path, so a FIFO cannot block the caller. The detail says
+    what the path is: missing, a dangling symlink, a symlink loop, a directory, a FIFO, a device...
+    """
+    p = Path(path)
+    try:
+        st = os.stat(p)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return AudioProblem(R.NOT_REGULAR_FILE, f"'{p}' is a symlink loop")
+        if e.errno in (errno.ENOENT, errno.ENOTDIR):
+            if os.path.islink(p):
+                return AudioProblem(R.MISSING_AUDIO, f"'{p}' is a dangling symlink (to '{os.readlink(p)}')")
+            return AudioProblem(R.MISSING_AUDIO, f"'{p}' does not exist")
+        return AudioProblem(R.UNREADABLE_AUDIO, f"'{p}': {e.strerror}")
+    kinds = ((stat.S_ISDIR, "is a directory"), (stat.S_ISFIFO, "is a FIFO (named pipe)"),
+             (stat.S_ISSOCK, "is a socket"), (stat.S_ISCHR, "is a character device"),
+             (stat.S_ISBLK, "is a block device"))
+    for test, what in kinds:
+        if test(st.st_mode):
+            return AudioProblem(R.NOT_REGULAR_FILE, f"'{p}' {what}, not a regular file")
+    if not stat.S_ISREG(st.st_mode):
+        return AudioProblem(R.NOT_REGULAR_FILE, f"'{p}' is not a regular file")
+    return None
+
+
 def probe_file(path: str | Path, check: AudioCheck = "tail") -> AudioInfo:
     """Sampling rate, length and channels of an audio file; raises :class:`AudioProblem` when unusable."""
     p = Path(path)
-    if not p.is_file():
-        raise AudioProblem(R.MISSING_AUDIO, f"{p} does not exist")
+    problem = path_problem(p)
+    if problem is not None:
+        raise problem
     if p.stat().st_size == 0:
         raise AudioProblem(R.EMPTY_FILE, str(p))
     try:
@@ -132,19 +165,16 @@ def probe_file(path: str | Path, check: AudioCheck = "tail") -> AudioInfo:
     return AudioInfo(int(sr), int(n), int(ch))
 
 
-def probe_command(cmd: str, timeout: float = 600.0) -> AudioInfo:
+def probe_command(cmd: str, timeout: float = DEFAULT_PIPE_TIMEOUT) -> AudioInfo:
     """Run a Kaldi ``wav.scp`` pipe command (without the trailing ``|``) and measure what it writes."""
     try:
-        proc = subprocess.run(cmd, shell=True, capture_output=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise AudioProblem(R.AUDIO_CMD_FAILED, f"'{cmd}' did not finish in {timeout:.0f} s") from None
-    if proc.returncode != 0:
-        err = proc.stderr.decode("utf-8", "replace").strip().splitlines()
-        raise AudioProblem(R.AUDIO_CMD_FAILED, f"'{cmd}' exited with {proc.returncode}: {err[-1] if err else ''}")
-    if not proc.stdout:
+        stdout = run_pipe(cmd, timeout)
+    except PipeError as e:
+        raise AudioProblem(R.AUDIO_CMD_FAILED, str(e)) from None
+    if not stdout:
         raise AudioProblem(R.NO_SAMPLES, f"'{cmd}' wrote nothing")
     try:
-        data, sr = sf.read(io.BytesIO(proc.stdout), dtype="float32", always_2d=True)
+        data, sr = sf.read(io.BytesIO(stdout), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, ValueError) as e:
         raise AudioProblem(R.UNREADABLE_AUDIO, f"output of '{cmd}': {e}") from None
     if len(data) == 0:
@@ -152,11 +182,11 @@ def probe_command(cmd: str, timeout: float = 600.0) -> AudioInfo:
     return AudioInfo(int(sr), int(data.shape[0]), int(data.shape[1]))
 
 
-def probe_source(source: str, check: AudioCheck = "tail") -> AudioInfo:
-    """A path, or a Kaldi pipe ``cmd |``."""
+def probe_source(source: str, check: AudioCheck = "tail", pipe_timeout: float = DEFAULT_PIPE_TIMEOUT) -> AudioInfo:
+    """A path, or a Kaldi pipe ``cmd |`` (killed after ``pipe_timeout`` seconds)."""
     s = source.strip()
     if s.endswith("|"):
-        return probe_command(s[:-1].strip())
+        return probe_command(s[:-1].strip(), pipe_timeout)
     return probe_file(s, check)
 
 
@@ -168,13 +198,14 @@ def probe_many(
     nj: int = 1,
     check: AudioCheck = "tail",
     progress: Callable[[Iterable], Iterable] | None = None,
+    pipe_timeout: float = DEFAULT_PIPE_TIMEOUT,
 ) -> dict[K, AudioInfo | AudioProblem]:
     """Probe ``(key, source)`` pairs with ``nj`` threads (soundfile and subprocesses release the GIL)."""
     items = list(items)
 
     def one(src: str) -> AudioInfo | AudioProblem:
         try:
-            return probe_source(src, check)
+            return probe_source(src, check, pipe_timeout)
         except AudioProblem as e:
             return e
 

@@ -10,6 +10,7 @@ rate and channels, plus a Resample transform when it is not 16 kHz).
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -18,12 +19,13 @@ from lhotse.kaldi import load_kaldi_data_dir
 
 from distill.data import report as R
 from distill.data.audio import TARGET_SR, AudioCheck, AudioInfo, AudioProblem, probe_many
+from distill.data.pipe import DEFAULT_PIPE_TIMEOUT
 from distill.data.prep_common import (
-    SEGMENT_END_TOLERANCE,
     DataPrepError,
     make_recording,
     note_audio_changes,
     read_kaldi_map,
+    segment_problem,
 )
 
 log = logging.getLogger(__name__)
@@ -50,15 +52,22 @@ def _read_segments(
         try:
             if len(f) != 3:
                 raise ValueError
-            out[utt] = (f[0], float(f[1]), float(f[2]))
+            start, end = float(f[1]), float(f[2])
         except ValueError:
             report.drop(split, R.BAD_LINE, utt, f"{path}:{where[utt]}: expected '<utt> <rec> <start> <end>'")
             rejected.add(utt)
+            continue
+        if not (math.isfinite(start) and math.isfinite(end)):
+            report.drop(split, R.BAD_SEGMENT_TIME, utt, f"{path}:{where[utt]}: start '{f[1]}', end '{f[2]}'")
+            rejected.add(utt)
+            continue
+        out[utt] = (f[0], start, end)
     return out
 
 
 def scan_dir(
-    data_dir: Path, split: str, report: R.PrepReport, nj: int, check: AudioCheck
+    data_dir: Path, split: str, report: R.PrepReport, nj: int, check: AudioCheck,
+    pipe_timeout: float = DEFAULT_PIPE_TIMEOUT,
 ) -> tuple[dict[str, str], dict[str, AudioInfo], dict[str, tuple[str, float, float]], dict[str, str], dict[str, str]]:
     """Validated content of one data dir: sources, probes, segments (utt → rec,start,end), texts, speakers."""
     for name in ("wav.scp", "text"):
@@ -99,28 +108,25 @@ def scan_dir(
     rec_ids = sorted({s[0] for s in segments.values()})
     sources = {r: _resolve_source(wav[r], data_dir) for r in rec_ids}
     log.info("%s: %d utterances, probing %d recordings with %d jobs", split, len(segments), len(rec_ids), nj)
-    probes = probe_many(sources.items(), nj=nj, check=check)
+    probes = probe_many(sources.items(), nj=nj, check=check, pipe_timeout=pipe_timeout)
     good: dict[str, AudioInfo] = {}
     for r, p in probes.items():
         if isinstance(p, AudioProblem):
             continue
         good[r] = p
+    kept: dict[str, tuple[str, float, float]] = {}
     for utt in sorted(segments):
         rec, start, end = segments[utt]
         p = probes[rec]
         if isinstance(p, AudioProblem):
             report.drop(split, p.reason, utt, p.detail)
             continue
-        e = p.duration if end < 0 else end
-        if start < 0 or e <= start or e > p.duration + SEGMENT_END_TOLERANCE:
-            report.drop(split, R.BAD_SEGMENT, utt, f"{start:.2f}–{e:.2f} s of '{rec}' ({p.duration:.2f} s long)")
-    segments = {
-        u: s for u, s in segments.items()
-        if s[0] in good and s[1] >= 0
-        and (e := (good[s[0]].duration if s[2] < 0 else s[2])) > s[1]
-        and e <= good[s[0]].duration + SEGMENT_END_TOLERANCE
-    }
-    return sources, good, segments, texts, speakers
+        problem = segment_problem(start, end, p.duration, rec)
+        if problem is not None:
+            report.drop(split, problem[0], utt, problem[1])
+            continue
+        kept[utt] = segments[utt]
+    return sources, good, kept, texts, speakers
 
 
 def _write_clean_dir(
@@ -152,8 +158,10 @@ def prepare(
     work_dir: Path,
     nj: int = 1,
     check: AudioCheck = "tail",
+    pipe_timeout: float = DEFAULT_PIPE_TIMEOUT,
 ) -> dict[str, tuple[RecordingSet, SupervisionSet]]:
-    """Recordings and supervisions for each Kaldi data dir ``<corpus_dir>/<part>``."""
+    """Recordings and supervisions for each Kaldi data dir ``<corpus_dir>/<part>`` (``cmd |`` entries are
+    killed with their children after ``pipe_timeout`` seconds)."""
     out: dict[str, tuple[RecordingSet, SupervisionSet]] = {}
     for part in parts:
         data_dir = corpus_dir / part
@@ -163,7 +171,7 @@ def prepare(
                 f"Kaldi data dir '{data_dir}' not found (present: {', '.join(present) or 'none'}); "
                 "fix `splits` in conf/data.yaml or corpus_dir="
             )
-        sources, probes, segments, texts, speakers = scan_dir(data_dir, part, report, nj, check)
+        sources, probes, segments, texts, speakers = scan_dir(data_dir, part, report, nj, check, pipe_timeout)
         clean = work_dir / part
         _write_clean_dir(clean, sources, probes, segments, texts, speakers)
         if not segments:

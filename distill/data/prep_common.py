@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -11,6 +12,7 @@ from lhotse.audio import AudioSource
 
 from distill.data import report as R
 from distill.data.audio import TARGET_SR, AudioInfo, AudioProblem
+from distill.data.textfile import NotUtf8Error, decode_line, iter_raw_lines
 
 log = logging.getLogger(__name__)
 
@@ -29,21 +31,19 @@ def read_lines(
     """Yield ``(line_number, text)`` for each line of a file; lines that are not UTF-8 are dropped and counted.
 
     The keys (first fields) of dropped lines are added to ``rejected`` so that callers do not count
-    the same utterance again (e.g. as missing from another file).
+    the same utterance again (e.g. as missing from another file). A UTF-8 byte-order mark at the start
+    is removed (:func:`distill.data.textfile.iter_raw_lines`).
     """
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            raw = raw.rstrip(b"\r\n")
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                key = raw.split(maxsplit=1)[0].decode("utf-8", "replace") if raw.strip() else "?"
-                report.drop(split, R.NOT_UTF8, key, f"{path}:{lineno}: {e.reason} at byte {e.start}")
-                if rejected is not None:
-                    rejected.add(key)
-                continue
-            if line.strip():
-                yield lineno, line
+    for lineno, raw in iter_raw_lines(path):
+        try:
+            line = decode_line(raw, path, lineno)
+        except NotUtf8Error as e:
+            report.drop(split, R.NOT_UTF8, e.key, f"{path}:{lineno}: {e.detail}")
+            if rejected is not None:
+                rejected.add(e.key)
+            continue
+        if line.strip():
+            yield lineno, line
 
 
 def read_kaldi_map(
@@ -71,6 +71,20 @@ def read_kaldi_map(
         out[key] = value
         where[key] = lineno
     return out, where
+
+
+def segment_problem(start: float, end: float | None, duration: float, rec_id: str) -> tuple[str, str] | None:
+    """Why the segment ``start``–``end`` s of recording ``rec_id`` (``duration`` s long; ``end`` None or
+    negative: to the end) cannot be used, as ``(reason, detail)``; None when it can. A NaN or infinite
+    time is :data:`~distill.data.report.BAD_SEGMENT_TIME` (NaN fails every comparison, so it is tested
+    first: it must never slip through uncounted)."""
+    if not math.isfinite(start) or (end is not None and not math.isfinite(end)):
+        return R.BAD_SEGMENT_TIME, f"segment {start}–{end} s of recording '{rec_id}'"
+    e = duration if end is None or end < 0 else end
+    if start < 0 or e <= start or e > duration + SEGMENT_END_TOLERANCE:
+        return R.BAD_SEGMENT, (f"segment {start:.2f}–{e:.2f} s of recording '{rec_id}' ({duration:.2f} s long"
+                               + (", truncated audio?)" if e > duration else ")"))
+    return None
 
 
 def make_recording(rec_id: str, source: str, info: AudioInfo, target_sr: int = TARGET_SR) -> Recording:
@@ -143,15 +157,11 @@ def assemble(
             report.drop(split, p.reason, u.id, p.detail)
             continue
         rec = recordings[u.recording_id]
-        end = rec.duration if u.end is None or u.end < 0 else u.end
-        if u.start < 0 or end <= u.start or end > rec.duration + SEGMENT_END_TOLERANCE:
-            report.drop(
-                split, R.BAD_SEGMENT, u.id,
-                f"segment {u.start:.2f}–{end:.2f} s of recording '{u.recording_id}' ({rec.duration:.2f} s long"
-                + (", truncated audio?)" if end > rec.duration else ")"),
-            )
+        problem = segment_problem(u.start, u.end, rec.duration, u.recording_id)
+        if problem is not None:
+            report.drop(split, problem[0], u.id, problem[1])
             continue
-        end = min(end, rec.duration)
+        end = min(rec.duration if u.end is None or u.end < 0 else u.end, rec.duration)
         info = probes[u.recording_id]
         assert isinstance(info, AudioInfo)
         sups.append(

@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 
 # Reasons used across the stages (kept as constants so that tests and summaries agree).
 MISSING_AUDIO = "missing audio file"
+NOT_REGULAR_FILE = "audio path is not a regular file (directory, FIFO, device, symlink loop)"
 EMPTY_FILE = "empty audio file (0 bytes)"
 UNREADABLE_AUDIO = "unreadable audio (not a recognised audio format or corrupt)"
 TRUNCATED_AUDIO = "truncated audio"
@@ -30,6 +31,7 @@ NO_AUDIO_ENTRY = "id in text but not in wav.scp"
 NO_TRANSCRIPT = "id in wav.scp but not in text"
 BAD_LINE = "malformed line"
 BAD_SEGMENT = "segment outside its recording"
+BAD_SEGMENT_TIME = "segment start or end not a finite number"
 GARBAGE_ONLY = "only garbage tags"
 EMPTY_AFTER_NORM = "empty after text normalisation (e.g. only punctuation)"
 TOO_SHORT = "shorter than min_duration"

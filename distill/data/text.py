@@ -16,6 +16,7 @@ from typing import Literal
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "`": "'"})
 _DASHES = re.compile(r"[-\u2010-\u2015\u2212_/]")
 _TAG = re.compile(r"^<[^<>\s]+>$")
+_MEMO_WORDS = 1 << 18  # normalised words remembered (bounded memory; cleared when full)
 
 
 @dataclasses.dataclass
@@ -37,6 +38,7 @@ class TextNormalizer:
         self.cfg = cfg or TextNormConfig()
         self._remove = set(self.cfg.remove_tags)
         self._garbage = set(self.cfg.garbage_tags)
+        self._memo: dict[str, str] = {}  # word -> normalised word: transcripts repeat words (Zipf)
 
     def is_garbage(self, text: str) -> bool:
         words = [w for w in text.split() if w not in self._remove]
@@ -54,17 +56,23 @@ class TextNormalizer:
         # apostrophes with no letter next to them are punctuation too
         return " ".join(p for p in (q.strip("'") if set(q) == {"'"} else q for q in pieces) if p)
 
+    def _word(self, w: str) -> str:
+        """One word with case folding and punctuation stripping applied ("" if nothing is left)."""
+        out = self._memo.get(w)
+        if out is None:
+            out = w
+            if self.cfg.case == "upper" and not _TAG.match(out):
+                out = out.upper()
+            elif self.cfg.case == "lower" and not _TAG.match(out):
+                out = out.lower()
+            if self.cfg.strip_punctuation:
+                out = self._strip_word(out)
+            if len(self._memo) >= _MEMO_WORDS:
+                self._memo.clear()
+            self._memo[w] = out
+        return out
+
     def __call__(self, text: str) -> str:
         text = unicodedata.normalize("NFKC", text).translate(_APOSTROPHES)
-        words = [w for w in text.split() if w not in self._remove and w not in self._garbage]
-        out = []
-        for w in words:
-            if self.cfg.case == "upper" and not _TAG.match(w):
-                w = w.upper()
-            elif self.cfg.case == "lower" and not _TAG.match(w):
-                w = w.lower()
-            if self.cfg.strip_punctuation:
-                w = self._strip_word(w)
-            if w:
-                out.append(w)
-        return " ".join(" ".join(out).split())
+        out = [self._word(w) for w in text.split() if w not in self._remove and w not in self._garbage]
+        return " ".join(" ".join(w for w in out if w).split())

@@ -8,13 +8,18 @@ its pieces. Characters a tokenizer does not cover map to ``<unk>``.
 
 Files in a lang dir: ``tokens.txt`` (``<piece> <id>``, exactly ``vocab_size`` lines, no
 disambiguation symbols), ``bpe.model`` (BPE only), ``words.txt`` and ``lexicon.txt``.
+
+A model directory carries the same token files (:data:`TOKEN_FILES`, copied by
+:func:`copy_token_files`); :func:`check_same_tokens` compares the token inventories wherever a model
+meets a lang dir, so that a lang of the same size but other tokens is refused.
 """
 from __future__ import annotations
 
 import logging
+import shutil
 from collections import Counter
 from pathlib import Path
-from typing import Iterable, Literal, Sequence
+from typing import Iterable, Literal, Optional, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +33,14 @@ UNK_WORD = "<UNK>"
 
 class TokenizerError(ValueError):
     """A lang dir is missing or inconsistent, or tokenizer training failed; the message says what to do."""
+
+
+class TokenMismatchError(TokenizerError):
+    """Two sides that must share output units (a model and a lang dir) carry different tokens."""
+
+
+# The files that define a lang dir's output units; a model directory carries them too.
+TOKEN_FILES = ("bpe.model", "tokens.txt")
 
 
 class Tokenizer:
@@ -59,19 +72,17 @@ class Tokenizer:
             import sentencepiece as spm
 
             sp = spm.SentencePieceProcessor()
-            sp.load(str(model))
+            try:
+                sp.load(str(model))
+            except (RuntimeError, OSError) as e:  # sentencepiece's message names neither the cause nor always the file
+                raise TokenizerError(f"{model}: not a valid sentencepiece model (corrupt or truncated?): {e}; "
+                                     "rebuild the lang dir with stage 1 (distill.bin.prepare_lang)") from None
             pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
             return cls("bpe", pieces, sp)
         tokens = lang_dir / "tokens.txt"
         if not tokens.is_file():
             raise TokenizerError(f"neither {model} nor {tokens} exists: run stage 1 (distill.bin.prepare_lang)")
-        pieces = []
-        for n, line in enumerate(tokens.read_text(encoding="utf-8").splitlines(), 1):
-            f = line.split()
-            if len(f) != 2 or int(f[1]) != len(pieces):
-                raise TokenizerError(f"{tokens}:{n}: expected '<token> {len(pieces)}', got {line!r}")
-            pieces.append(f[0])
-        return cls("char", pieces)
+        return cls("char", _read_tokens_txt(tokens))
 
     def piece_to_id(self, piece: str) -> int:
         return self._piece_to_id.get(piece, self.unk_id)
@@ -99,7 +110,7 @@ class Tokenizer:
 
     def uncovered_chars(self, text: str) -> set[str]:
         """Characters of ``text`` that will become ``<unk>``."""
-        return {c for c in text if not c.isspace() and c not in self._chars}
+        return {c for c in set(text).difference(self._chars) if not c.isspace()}
 
     def word_pieces(self, word: str) -> list[str]:
         """A word's pronunciation in the lexicon."""
@@ -113,12 +124,22 @@ def train_bpe(
     model_type: Literal["bpe", "unigram"] = "bpe",
     character_coverage: float = 1.0,
     num_threads: int = 1,
+    max_sentences: int = 0,
+    seed: int = 0,
 ) -> Tokenizer:
-    """Train sentencepiece on one transcript per line; writes ``out_dir/bpe.model`` (and ``bpe.vocab``)."""
+    """Train sentencepiece on one transcript per line; writes ``out_dir/bpe.model`` (and ``bpe.vocab``).
+
+    ``max_sentences`` > 0 trains on a random sample of that many lines when the file has more
+    (sentencepiece's reservoir sampling, seeded: ``input_sentence_size`` + ``shuffle_input_sentence``),
+    which bounds the trainer's memory and time on a large corpus; 0 reads every line.
+    """
     import sentencepiece as spm
 
+    if 0 < max_sentences <= 100:
+        raise TokenizerError(f"max_sentences must be 0 (every line) or more than 100 (sentencepiece), got {max_sentences}")
     out_dir.mkdir(parents=True, exist_ok=True)
     prefix = out_dir / "bpe"
+    spm.set_random_generator_seed(seed)
     try:
         spm.SentencePieceTrainer.train(
             input=str(text_file),
@@ -131,7 +152,8 @@ def train_bpe(
             bos_id=-1,
             eos_id=-1,
             normalization_rule_name="identity",
-            input_sentence_size=100_000_000,
+            input_sentence_size=max(0, max_sentences),
+            shuffle_input_sentence=True,
             num_threads=max(1, num_threads),
             minloglevel=2,
         )
@@ -160,3 +182,81 @@ def write_lang_files(lang_dir: Path, tok: Tokenizer, words: Counter[str] | Itera
     (lang_dir / "words.txt").write_text("".join(f"{w} {i}\n" for i, w in enumerate(table)), encoding="utf-8")
     lines = [f"{UNK_WORD} {UNK}"] + [f"{w} {' '.join(tok.word_pieces(w))}" for w in vocab]
     (lang_dir / "lexicon.txt").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+
+
+def _read_tokens_txt(path: Path) -> list[str]:
+    """The symbols of a ``tokens.txt`` in id order (lines ``<token> <id>``, ids 0, 1, 2, ...)."""
+    pieces: list[str] = []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise TokenizerError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    for n, line in enumerate(text.splitlines(), 1):
+        f = line.split()
+        if len(f) != 2 or f[1] != str(len(pieces)):
+            raise TokenizerError(f"{path}:{n}: expected '<token> {len(pieces)}', got {line!r}")
+        pieces.append(f[0])
+    return pieces
+
+
+def read_token_inventory(directory: str | Path | None) -> Optional[list[str]]:
+    """The output units a lang dir or model dir carries: its ``tokens.txt`` symbols in id order (else its
+    ``bpe.model`` pieces). None when it carries no tokens (a plain HF checkpoint, an older model dir, a
+    fairseq ``.pt`` file, or no directory at all)."""
+    if directory is None or not Path(directory).is_dir():
+        return None
+    d = Path(directory)
+    if (d / "tokens.txt").is_file():
+        return _read_tokens_txt(d / "tokens.txt")
+    if (d / "bpe.model").is_file():
+        return Tokenizer.load(d).pieces
+    return None
+
+
+def copy_token_files(lang_dir: str | Path, model_dir: str | Path) -> list[str]:
+    """Copy the lang dir's token files (:data:`TOKEN_FILES` it has) into ``model_dir`` so that the model
+    directory is self-contained; a token file the lang dir lacks is removed from ``model_dir`` (no stale
+    ``bpe.model`` of an earlier run). Returns the names copied."""
+    src, dst = Path(lang_dir), Path(model_dir)
+    names = [f for f in TOKEN_FILES if (src / f).is_file()]
+    if not names:
+        raise TokenizerError(f"lang dir '{src}' has neither {' nor '.join(TOKEN_FILES)}")
+    for f in TOKEN_FILES:
+        if f in names:
+            shutil.copy2(src / f, dst / f)
+        elif (dst / f).is_file():
+            (dst / f).unlink()
+    return names
+
+
+def check_same_tokens(a_dir: str | Path | None, a_label: str, b_dir: str | Path | None, b_label: str, *,
+                      a_size: Optional[int] = None, b_size: Optional[int] = None) -> None:
+    """Refuse to pair ``a`` and ``b`` (e.g. a model and a lang dir) unless they have the same output units.
+
+    When both directories carry tokens (:func:`read_token_inventory`) the inventories must be equal; when
+    one carries none (an imported checkpoint, an older model dir) only the sizes are compared.
+    ``a_size``/``b_size`` are the sides' output sizes where known (a model's ``vocab_size``); each must
+    match its own side's inventory. Raises :class:`TokenMismatchError` naming both sides (label and path),
+    both sizes and the first id whose symbols differ."""
+    sides = []
+    for d, label, size in ((a_dir, a_label, a_size), (b_dir, b_label, b_size)):
+        inv = read_token_inventory(d)
+        if inv is not None and size is not None and len(inv) != size:
+            raise TokenMismatchError(f"{label} '{d}' has {size} outputs but its token files list {len(inv)} tokens")
+        sides.append((inv, len(inv) if inv is not None else size))
+    (ta, na), (tb, nb) = sides
+    if ta is not None and tb is not None:
+        if ta == tb:
+            return
+        i = next((k for k, (x, y) in enumerate(zip(ta, tb)) if x != y), min(len(ta), len(tb)))
+
+        def sym(t: list[str]) -> str:
+            return repr(t[i]) if i < len(t) else "absent"
+
+        raise TokenMismatchError(
+            f"{a_label} '{a_dir}' ({na} tokens) and {b_label} '{b_dir}' ({nb} tokens) have different tokens: "
+            f"id {i} is {sym(ta)} in the {a_label} but {sym(tb)} in the {b_label}")
+    if na is not None and nb is not None and na != nb:
+        unit_a = "tokens" if ta is not None else "outputs"
+        unit_b = "tokens" if tb is not None else "outputs"
+        raise TokenMismatchError(f"{a_label} '{a_dir}' has {na} {unit_a} but {b_label} '{b_dir}' has {nb} {unit_b}")

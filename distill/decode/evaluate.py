@@ -24,7 +24,13 @@ in one deployable *form*: ``fp32`` torch, ``int8`` torch dynamic quantization, `
 Bad input: a reference that is not UTF-8 text or is empty stops the stage before any decoding, naming
 the utterance; an utterance whose audio cannot be loaded is scored as all deletions (``missing_hyps`` of
 the scorer), listed in the ``errs-`` files, ``results.json`` and RESULTS.md, and the run continues. A row
-whose model does not exist is reported as "not trained".
+whose model does not exist is reported as "not trained". An utterance shorter than one frame (test sets are
+not length-filtered) gets an empty hypothesis, with a warning, listed as ``short_utts``.
+
+Long utterances (over ``max_whole_seconds``) are read in pieces and decoded in bounded memory
+(:mod:`distill.decode.long_audio`): streamed by streaming chunk sizes (this form's chunk step, left context
+bounded to ``max_whole_seconds``), in overlapping windows by full attention; every method decodes the
+stitched scores as one utterance. They are listed as ``long_utts`` and not timed.
 """
 from __future__ import annotations
 
@@ -43,6 +49,8 @@ from typing import Any, Iterator, Literal, Optional, Sequence
 import numpy as np
 
 from distill.config import ConfigError, path_field
+from distill.data.tokenizer import check_same_tokens
+from distill.decode.long_audio import LongAudioOptions
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +80,9 @@ class DecodeConfig:
 
     lang_dir: str = path_field("data/lang")
     graph_dir: str = "data/lang_test"  # HLG.fst / HP.fst from distill.bin.build_decode_graph
-    exp_root: str = "exp"  # RESULTS.md, results.json and plots go here; training logs: <exp_root>/*/train_log.jsonl
-    out_dir: str = "exp/decode"  # per-model recogs-/errs-/wer-summary- files
+    # RESULTS.md, results.json and plots go here; training logs: <exp_root>/*/train_log.jsonl
+    exp_root: str = path_field("exp", output_dir=True)
+    out_dir: str = path_field("exp/decode", output_dir=True)  # per-model recogs-/errs-/wer-summary- files
     models: list[ModelRow] = dataclasses.field(default_factory=list)
     methods: list[Literal["greedy", "hlg", "hp"]] = dataclasses.field(default_factory=lambda: ["greedy", "hlg"])
     primary_method: Optional[Literal["greedy", "hlg", "hp"]] = None  # the WER column; default hlg if decoded
@@ -95,6 +104,12 @@ class DecodeConfig:
     speed_max_utts: int = 50
     speed_max_seconds: float = 300.0
     piece_ms: float = 40.0  # audio piece fed per call in the streaming pass
+    # test utterances longer than this are read in blocks and decoded in bounded memory: streamed by a
+    # streaming row (left context bounded to max_whole_seconds), in overlapping windows by an offline
+    # one (distill.decode.long_audio)
+    max_whole_seconds: float = 60.0
+    window_seconds: float = 30.0  # offline rows, long utterances: window length
+    window_overlap_seconds: float = 4.0  # overlap of consecutive windows (half of it is context each side)
     title: str = "Results"
     log_file: Optional[str] = None
 
@@ -110,6 +125,10 @@ def check_config(cfg: DecodeConfig) -> None:
     for key in ("batch_seconds", "speed_max_seconds", "piece_ms", "beam", "acoustic_scale"):
         if not getattr(cfg, key) > 0:
             raise ConfigError(f"key '{key}' must be > 0, got {getattr(cfg, key)}")
+    try:
+        long_options(cfg)
+    except ValueError as e:
+        raise ConfigError(f"keys 'max_whole_seconds', 'window_seconds', 'window_overlap_seconds': {e}") from None
     for key in ("nj", "max_batch_size", "speed_max_utts"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"key '{key}' must be >= 1, got {getattr(cfg, key)}")
@@ -126,6 +145,11 @@ def check_config(cfg: DecodeConfig) -> None:
             if name in seen:
                 raise ConfigError(f"key 'models[{i}]': result row '{name}' also comes from {seen[name]}")
             seen[name] = f"models[{i}]"
+
+
+def long_options(cfg: DecodeConfig) -> LongAudioOptions:
+    """How the config decodes utterances over ``max_whole_seconds`` (ValueError when inconsistent)."""
+    return LongAudioOptions(cfg.max_whole_seconds, cfg.window_seconds, cfg.window_overlap_seconds)
 
 
 def row_names(row: ModelRow, frame_ms: float = 20.0) -> list[str]:
@@ -152,10 +176,15 @@ class TestSet:
     cuts: list
     refs: dict[str, str]
     failed: dict[str, str] = dataclasses.field(default_factory=dict)  # utt id -> reason
+    short: set[str] = dataclasses.field(default_factory=set)  # shorter than one frame: empty hypotheses
 
     @property
     def seconds(self) -> float:
         return float(sum(c.duration for c in self.cuts))
+
+    def long_cuts(self, max_seconds: float) -> list:
+        """The cuts longer than ``max_seconds`` (decoded in pieces), in file order."""
+        return [c for c in self.cuts if c.duration > max_seconds]
 
 
 def _read_cut_dicts(path: Path) -> list[dict]:
@@ -235,21 +264,64 @@ def _load(ts: TestSet, cut: Any) -> Optional[np.ndarray]:
     try:
         return load_audio(cut)
     except Exception as e:  # noqa: BLE001 - any loader error: count the utterance as all-deletion, go on
-        if cut.id not in ts.failed:
-            # lhotse appends call context ("[extra info] ...") and a hint; keep the causes, on one line
-            lines = [ln for ln in str(e).splitlines() if not ln.startswith(("[extra info]", "Set LHOTSE_"))]
-            msg = " ".join(" ".join(lines).split())
-            ts.failed[cut.id] = f"{type(e).__name__}: {msg[:400]}{'...' if len(msg) > 400 else ''}"
-            log.warning("test set %s: audio of utterance '%s' cannot be loaded (%s); it is scored as all "
-                        "deletions", ts.name, cut.id, ts.failed[cut.id])
+        _record_failure(ts, cut.id, e)
         return None
 
 
-def plan_batches(ts: TestSet, batch_seconds: float, max_batch: int) -> list[list]:
+def _record_failure(ts: TestSet, uid: str, e: BaseException) -> None:
+    """Record (once, with a warning) that an utterance's audio cannot be loaded: scored as all deletions."""
+    if uid not in ts.failed:
+        # lhotse appends call context ("[extra info] ...") and a hint; keep the causes, on one line
+        lines = [ln for ln in str(e).splitlines() if not ln.startswith(("[extra info]", "Set LHOTSE_"))]
+        msg = " ".join(" ".join(lines).split())
+        ts.failed[uid] = f"{type(e).__name__}: {msg[:400]}{'...' if len(msg) > 400 else ''}"
+        log.warning("test set %s: audio of utterance '%s' cannot be loaded (%s); it is scored as all "
+                    "deletions", ts.name, uid, ts.failed[uid])
+
+
+def _note_short(ts: TestSet, uids: Sequence[str], lengths: Any) -> None:
+    """Record (once, with a warning) the utterances with no output frame: their hypotheses are empty."""
+    for uid, n in zip(uids, lengths.tolist()):
+        if n == 0 and uid not in ts.short:
+            ts.short.add(uid)
+            log.warning("test set %s: utterance '%s' is shorter than one frame: its hypothesis is empty",
+                        ts.name, uid)
+
+
+class _CutReadError(Exception):
+    """A piece of a long cut's audio cannot be read (the cause is chained)."""
+
+
+class CutAudio:
+    """A test cut read in pieces (a :class:`~distill.decode.long_audio.SampleSource`): each piece is the
+    cut truncated to the range plus 20 ms each side (so that a resampled recording has no edge effects at
+    piece boundaries), loaded by :func:`load_audio`; never the whole cut at once."""
+
+    MARGIN = 320
+
+    def __init__(self, cut: Any) -> None:
+        self.cut = cut
+        self.num_samples = int(round(cut.duration * SAMPLE_RATE))
+
+    def read(self, start: int, n: int) -> np.ndarray:
+        n = max(0, min(n, self.num_samples - start))
+        if n == 0:
+            return np.zeros(0, np.float32)
+        a, b = max(0, start - self.MARGIN), min(self.num_samples, start + n + self.MARGIN)
+        try:
+            piece = self.cut.truncate(offset=a / SAMPLE_RATE, duration=(b - a) / SAMPLE_RATE, preserve_id=True)
+            w = load_audio(piece)
+        except Exception as e:  # noqa: BLE001 - any loader error: the utterance counts as unreadable
+            raise _CutReadError(f"{type(e).__name__}: {e}") from e
+        return np.ascontiguousarray(w[start - a : start - a + n])
+
+
+def plan_batches(ts: TestSet, batch_seconds: float, max_batch: int, max_seconds: float = math.inf) -> list[list]:
     """Groups of cuts, longest first, each at most ``batch_seconds`` of padded audio and ``max_batch``
-    cuts (a longer cut is a batch of its own)."""
+    cuts (a longer cut is a batch of its own); cuts over ``max_seconds`` are left out (long recordings,
+    decoded in pieces)."""
     groups: list[list] = []
-    for cut in sorted(ts.cuts, key=lambda c: c.duration, reverse=True):
+    for cut in sorted((c for c in ts.cuts if c.duration <= max_seconds), key=lambda c: c.duration, reverse=True):
         g = groups[-1] if groups else None
         # sorted longest first: a group's first cut is its longest
         if g is None or len(g) + 1 > max_batch or g[0].duration * (len(g) + 1) > batch_seconds:
@@ -267,16 +339,20 @@ def _batches(ts: TestSet, groups: list[list]) -> Iterator[list[tuple[str, np.nda
             yield batch
 
 
-def speed_subset(ts: TestSet, max_utts: int, max_seconds: float) -> list[tuple[str, np.ndarray]]:
+def speed_subset(ts: TestSet, max_utts: int, max_seconds: float, min_samples: int = 0,
+                 max_utt_seconds: float = math.inf) -> list[tuple[str, np.ndarray]]:
     """The first utterances of ``ts`` (file order, loadable ones) up to ``max_utts`` / ``max_seconds``
-    of audio (at least one)."""
+    of audio (at least one). Utterances shorter than ``min_samples`` (no output frame) or longer than
+    ``max_utt_seconds`` (decoded in pieces) are not timed."""
     out: list[tuple[str, np.ndarray]] = []
     total = 0.0
     for cut in ts.cuts:
+        if cut.duration > max_utt_seconds:
+            continue
         if len(out) >= max_utts or (out and total + cut.duration > max_seconds):
             break
         w = _load(ts, cut)
-        if w is None:
+        if w is None or len(w) < min_samples:
             continue
         out.append((cut.id, w))
         total += len(w) / SAMPLE_RATE
@@ -362,6 +438,7 @@ class Acoustic:
         self.fbank = self.cfg.frontend == "fbank"
         self.device = torch.device(device if form == "fp32" else "cpu")
         self.sessions: dict[int, Any] = {}
+        self._long_rec: Any = None  # the recogniser of long recordings (streaming chunk sizes)
         work_dir.mkdir(parents=True, exist_ok=True)
         if form == "fp32":
             self.model = copy.deepcopy(model).to(self.device).eval() if self.device.type != "cpu" else model
@@ -394,8 +471,12 @@ class Acoustic:
         """Scores [B,T,V] (float32 CPU tensor) and valid frames [B] of a list of waveforms."""
         import torch
 
+        from distill.models.config import conv_output_length
         from distill.models.export import run_onnx
 
+        olens = conv_output_length(torch.tensor([len(w) for w in waves]), self.cfg)
+        if int(olens.max()) == 0:  # no utterance reaches one frame (an exported graph cannot even take them)
+            return torch.zeros(len(waves), 0, self.cfg.vocab_size), olens.long()
         if self.model is not None:
             lens = torch.tensor([len(w) for w in waves])
             wave = torch.zeros(len(waves), int(lens.max()))
@@ -462,13 +543,32 @@ class Acoustic:
 
         step = StreamingStep(self.cpu_model, self.chunk, left_chunks)
         if self.form in ("onnx", "onnx-int8"):
-            p = export_streaming_onnx(self.cpu_model, self.work_dir / f"step-c{self.chunk}.onnx", self.chunk,
-                                      left_chunks)
+            stem = f"step-c{self.chunk}" + ("" if left_chunks is None else f"-l{left_chunks}")
+            p = export_streaming_onnx(self.cpu_model, self.work_dir / f"{stem}.onnx", self.chunk, left_chunks)
             if self.form == "onnx-int8":
                 with _quiet_ort():
-                    p = quantize_onnx(p, self.work_dir / f"step-c{self.chunk}.int8.onnx")
+                    p = quantize_onnx(p, self.work_dir / f"{stem}.int8.onnx")
             step = OnnxStreamingStep(step, p, threads=1)
         return _TimedStep(step)
+
+    def long_pieces(self, source: Any, opts: LongAudioOptions) -> Iterator[Any]:
+        """Scores [n, V] of a long recording, in bounded memory (:mod:`distill.decode.long_audio`): a
+        streaming chunk size streams it through this form's chunk step, with the left context bounded;
+        full attention decodes it in overlapping windows."""
+        from distill.decode.long_audio import bounded_left_chunks, streamed_scores, windowed_scores
+        from distill.models.streaming import StreamingRecognizer
+
+        if self.chunk == 0:
+            def window(w: np.ndarray) -> Any:
+                scores, lengths = self.scores([w])
+                return scores[0, : int(lengths[0])]
+
+            return windowed_scores(source, window, self.cfg, opts)
+        if self._long_rec is None:
+            left = bounded_left_chunks(self.cfg.left_chunks, self.chunk, self.cfg.frame_shift, opts)
+            step = self.streaming_step(left)._step  # untimed: the timing pass is time_streaming's
+            self._long_rec = StreamingRecognizer(self.cpu_model, self.chunk, left, step=step)
+        return streamed_scores(self._long_rec, source, opts)
 
     def time_streaming(self, utts: Sequence[tuple[str, np.ndarray]], piece_ms: float
                        ) -> tuple[dict[str, Any], dict[str, list[int]]]:
@@ -517,11 +617,13 @@ def _stats(vals: list[float]) -> dict[str, Optional[float]]:
 class Decoders:
     """Turns scores into text with each method: greedy CTC, and kaldi-decoder over HLG / HP."""
 
-    def __init__(self, methods: Sequence[str], graph_dir: Path, tokenizer: Any, opts: Any, nj: int) -> None:
+    def __init__(self, methods: Sequence[str], graph_dir: Path, tokenizer: Any, opts: Any, nj: int,
+                 lang_dir: Optional[Path] = None) -> None:
         from distill.decode.wfst import WfstDecoder
 
         self.methods = list(methods)
         self.tok = tokenizer
+        self.lang_dir = lang_dir  # the tokenizer's lang dir: its token inventory is compared with each model's
         self.nj = nj
         self.wfst: dict[str, Any] = {}
         for m in self.methods:
@@ -536,9 +638,10 @@ class Decoders:
             dec.check_vocab(tokenizer.vocab_size, where=f"the tokens of the lang dir ({tokenizer.vocab_size})")
             self.wfst[m] = dec
 
-    def check(self, vocab: int, who: str) -> None:
-        if vocab != self.tok.vocab_size:
-            raise ValueError(f"model '{who}' has {vocab} outputs but the lang dir has {self.tok.vocab_size} tokens")
+    def check(self, vocab: int, path: str | Path) -> None:
+        """Refuse a model whose outputs are not the lang dir's tokens (the inventories when both carry one,
+        else the sizes); :class:`~distill.data.tokenizer.TokenMismatchError` names both."""
+        check_same_tokens(path, "model", self.lang_dir, "lang dir", a_size=vocab, b_size=self.tok.vocab_size)
 
     def decode(self, scores: Any, lengths: Any) -> tuple[dict[str, list[str]], list[list[int]]]:
         """Texts per method for a batch, and the greedy token ids."""
@@ -548,15 +651,28 @@ class Decoders:
         out: dict[str, list[str]] = {}
         for m in self.methods:
             if m == "greedy":
-                out[m] = [self.tok.decode(ids) for ids in greedy]
+                out[m] = [self.text(m, ids) for ids in greedy]
                 continue
-            dec = self.wfst[m]
-            res = dec.decode_batch(scores, lengths, nj=self.nj)
-            if dec.info.kind == "word":
-                out[m] = [" ".join(dec.symbols_to_words(r.symbols)) for r in res]
-            else:
-                out[m] = [self.tok.decode(r.symbols) for r in res]
+            res = self.wfst[m].decode_batch(scores, lengths, nj=self.nj)
+            out[m] = [self.text(m, r.symbols) for r in res]
         return out, greedy
+
+    def decode_pieces(self, pieces: Iterator[Any]) -> tuple[dict[str, str], list[int]]:
+        """One long utterance's text per method from its score pieces [n, V], each method decoding the
+        stitched scores incrementally as one utterance; and the greedy token ids."""
+        from distill.decode.long_audio import decode_pieces
+
+        decs: dict[str, Any] = {m: self.wfst.get(m, "greedy") for m in self.methods}
+        decs[""] = "greedy"
+        syms = decode_pieces(pieces, decs)
+        return {m: self.text(m, syms[m]) for m in self.methods}, syms[""]
+
+    def text(self, method: str, symbols: Sequence[int]) -> str:
+        """Text of a method's output symbols: words of a word graph, else tokens."""
+        dec = self.wfst.get(method)
+        if dec is not None and dec.info.kind == "word":
+            return " ".join(dec.symbols_to_words(symbols))
+        return self.tok.decode(symbols)
 
     def close(self) -> None:
         for d in self.wfst.values():
@@ -578,13 +694,16 @@ def evaluate_model(row: ModelRow, cfg: DecodeConfig, test_sets: dict[str, TestSe
 
     primary = _primary(cfg)
     base = load_pretrained(row.path).float().eval()
-    decoders.check(base.config.vocab_size, row.name)
+    decoders.check(base.config.vocab_size, row.path)
     frame_ms = 1000 * base.config.frame_shift / SAMPLE_RATE
     names = row_names(row, frame_ms)
     speed_set = test_sets[cfg.speed_test_set or next(iter(test_sets))]
-    speed_utts = speed_subset(speed_set, cfg.speed_max_utts, cfg.speed_max_seconds)
+    long = long_options(cfg)
+    speed_utts = speed_subset(speed_set, cfg.speed_max_utts, cfg.speed_max_seconds, base.config.receptive_field,
+                              long.max_whole_seconds)
     if not speed_utts:
-        raise ValueError(f"no loadable utterance in test set '{speed_set.name}' to measure speed on")
+        raise ValueError(f"no loadable utterance of one frame to max_whole_seconds ({long.max_whole_seconds:g} s) "
+                         f"in test set '{speed_set.name}' to measure speed on")
     speed_ids = {u for u, _ in speed_utts}
     results = []
     for name, chunk in zip(names, _variants(row, base)):
@@ -603,15 +722,26 @@ def evaluate_model(row: ModelRow, cfg: DecodeConfig, test_sets: dict[str, TestSe
         batch_greedy: dict[str, list[int]] = {}
         for ts in test_sets.values():
             hyps: dict[str, dict[str, str]] = {m: {} for m in cfg.methods}
-            groups = plan_batches(ts, cfg.batch_seconds, cfg.max_batch_size)
+            groups = plan_batches(ts, cfg.batch_seconds, cfg.max_batch_size, long.max_whole_seconds)
             for batch in _progress(_batches(ts, groups), f"{name} {ts.name}", len(groups)):
                 scores, lengths = ac.scores([w for _, w in batch])
+                _note_short(ts, [uid for uid, _ in batch], lengths)
                 texts, greedy = decoders.decode(scores, lengths)
                 for i, (uid, _) in enumerate(batch):
                     for m in cfg.methods:
                         hyps[m][uid] = texts[m][i]
                     if ts is speed_set and uid in speed_ids:
                         batch_greedy[uid] = greedy[i]
+            for cut in ts.long_cuts(long.max_whole_seconds):
+                log.info("%s %s: utterance '%s' (%.1f s) is longer than max_whole_seconds: decoded %s", name,
+                         ts.name, cut.id, cut.duration, "streamed" if chunk else "in overlapping windows")
+                try:
+                    texts1, _ = decoders.decode_pieces(ac.long_pieces(CutAudio(cut), long))
+                except _CutReadError as e:
+                    _record_failure(ts, cut.id, e.__cause__ or e)  # scored as all deletions
+                    continue
+                for m in cfg.methods:
+                    hyps[m][cut.id] = texts1[m]
             wers[ts.name], details[ts.name] = {}, {}
             for m in cfg.methods:
                 res = write_scoring_files(out, ts.name, m, ts.refs, hyps[m], mode=cfg.scoring_mode,
@@ -629,6 +759,9 @@ def evaluate_model(row: ModelRow, cfg: DecodeConfig, test_sets: dict[str, TestSe
                                                          for t, w in wers.items()},
             "errors": details,
             "failed_utts": {t.name: sorted(t.failed) for t in test_sets.values() if t.failed},
+            "short_utts": {t.name: sorted(t.short) for t in test_sets.values() if t.short},
+            "long_utts": {t.name: sorted(c.id for c in t.long_cuts(long.max_whole_seconds))
+                          for t in test_sets.values() if t.long_cuts(long.max_whole_seconds)},
             "decode_dir": str(out),
         }
         if chunk:
@@ -780,6 +913,17 @@ def _appendix(results: list[dict], cfg: DecodeConfig, test_sets: dict[str, TestS
               f"- Per-model outputs: `{Path(cfg.out_dir)}/<model>/` (recogs-, errs-, wer-summary-, result.json)."]
     if not_trained:
         lines.append(f"- Not trained (model not found): {', '.join(not_trained)}.")
+    short = {t.name: sorted(t.short) for t in test_sets.values() if t.short}
+    if short:
+        lines.append("- Shorter than one frame, so decoded as empty hypotheses: " + "; ".join(
+            f"`{ts}`: {len(ids)} ({', '.join(f'`{u}`' for u in ids[:5])}{', ...' if len(ids) > 5 else ''})"
+            for ts, ids in short.items()) + ".")
+    long = {t.name: len(t.long_cuts(cfg.max_whole_seconds)) for t in test_sets.values()}
+    if any(long.values()):
+        lines.append(f"- Longer than {cfg.max_whole_seconds:g} s, so read in pieces and decoded in bounded memory "
+                     "(streaming rows: streamed, an unbounded left context bounded to that length; full-attention "
+                     f"rows: {cfg.window_seconds:g} s windows overlapping by {cfg.window_overlap_seconds:g} s): "
+                     + "; ".join(f"`{ts}`: {n}" for ts, n in long.items() if n) + ".")
     return "\n".join(lines) + "\n"
 
 
@@ -799,7 +943,7 @@ def run(cfg: DecodeConfig) -> dict[str, Any]:
                                          for t in test_sets.values()))
     opts = WfstOptions(beam=cfg.beam, max_active=cfg.max_active, min_active=cfg.min_active,
                        acoustic_scale=cfg.acoustic_scale)
-    decoders = Decoders(cfg.methods, Path(cfg.graph_dir), tok, opts, cfg.nj)
+    decoders = Decoders(cfg.methods, Path(cfg.graph_dir), tok, opts, cfg.nj, Path(cfg.lang_dir))
     results: list[dict[str, Any]] = []
     expected: list[str] = []
     if not cfg.models:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Iterable, Iterator, Literal, Sequence
 
 import torch
 
@@ -22,7 +22,7 @@ from distill.graph.fsa import Fsa, _csr, _expand, connect, fst_arrays, merge_par
 from distill.graph.ngram import BOS, EOS, NgramLM, Smoothing, arpa_to_fst, estimate_ngram
 from distill.graph.topo import ctc_topo_fst
 
-__all__ = ["read_tokens", "read_token_ids", "train_token_lm", "load_token_lm_arrays",
+__all__ = ["read_tokens", "read_token_ids", "iter_token_ids", "TokenIdsStats", "train_token_lm", "load_token_lm_arrays",
            "compose_ctc_topo", "den_graph_from_arpa", "build_den_graph"]
 
 _RESERVED = (BOS, EOS, "#0", "<eps>")
@@ -67,40 +67,57 @@ def read_tokens(path: str | Path) -> list[str]:
     return syms
 
 
-def read_token_ids(path: str | Path, num_tokens: int) -> tuple[list[list[int]], int]:
-    """Read ``train_token_ids.txt`` (one utterance per line, space-separated token ids, no blanks).
+class TokenIdsStats:
+    """What :func:`iter_token_ids` has read so far: utterances, tokens and empty lines skipped."""
 
-    Returns (sequences, number of empty lines skipped). An id outside 1..V-1 raises ValueError naming
-    the line.
+    def __init__(self) -> None:
+        self.utterances = self.tokens = self.empty = 0
+
+
+def iter_token_ids(path: str | Path, num_tokens: int, stats: TokenIdsStats | None = None) -> Iterator[list[int]]:
+    """Stream ``train_token_ids.txt`` (one utterance per line, space-separated token ids, no blanks).
+
+    One line in memory at a time (GigaSpeech XL: 8 M lines); empty lines are skipped and counted in
+    ``stats``. An id outside 1..V-1 raises ValueError naming the line, as does a file without utterances
+    (at its end).
     """
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"training token file '{p}' does not exist")
-    seqs: list[list[int]] = []
-    empty = 0
+    st = stats if stats is not None else TokenIdsStats()
     with open(p, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             parts = line.split()
             if not parts:
-                empty += 1
+                st.empty += 1
                 continue
             try:
                 ids = [int(x) for x in parts]
             except ValueError:
                 raise ValueError(f"{p}:{lineno}: not a list of integer token ids: {line.strip()[:80]!r}") from None
-            bad = [i for i in ids if not 1 <= i < num_tokens]
-            if bad:
-                raise ValueError(f"{p}:{lineno}: token id {bad[0]} is outside 1..{num_tokens - 1} "
+            if min(ids) < 1 or max(ids) >= num_tokens:
+                bad = next(i for i in ids if not 1 <= i < num_tokens)
+                raise ValueError(f"{p}:{lineno}: token id {bad} is outside 1..{num_tokens - 1} "
                                  "(0 is the blank, which must not appear in transcripts)")
-            seqs.append(ids)
-    if not seqs:
+            st.utterances += 1
+            st.tokens += len(ids)
+            yield ids
+    if st.utterances == 0:
         raise ValueError(f"{p}: no training utterances")
-    return seqs, empty
 
 
-def train_token_lm(sequences: Sequence[Sequence[int]], tokens: Sequence[str], order: int = 2,
+def read_token_ids(path: str | Path, num_tokens: int) -> tuple[list[list[int]], int]:
+    """All of ``train_token_ids.txt`` in memory: (sequences, number of empty lines skipped); see
+    :func:`iter_token_ids`, which stage 2 uses instead."""
+    st = TokenIdsStats()
+    return list(iter_token_ids(path, num_tokens, st)), st.empty
+
+
+def train_token_lm(sequences: Iterable[Sequence[int]], tokens: Sequence[str], order: int = 2,
                    smoothing: Smoothing = "kneser_ney", min_count: int = 1) -> NgramLM:
-    """Token n-gram P over all non-blank tokens of ``tokens`` (unseen ones keep a smoothed probability)."""
+    """Token n-gram P over all non-blank tokens of ``tokens`` (unseen ones keep a smoothed probability).
+
+    ``sequences`` is read once (it may be :func:`iter_token_ids` over millions of lines)."""
     vocab = list(tokens[1:])
     return estimate_ngram(([tokens[i] for i in s] for s in sequences), order=order, vocab=vocab,
                           smoothing=smoothing, min_count=min_count)
@@ -192,7 +209,7 @@ def den_graph_from_arpa(arpa_path: str | Path, tokens: Sequence[str], order: int
     raise ValueError(f"unknown method {method!r} (use 'kaldifst' or 'direct')")
 
 
-def build_den_graph(tokens: Sequence[str], sequences: Sequence[Sequence[int]], arpa_path: str | Path,
+def build_den_graph(tokens: Sequence[str], sequences: Iterable[Sequence[int]], arpa_path: str | Path,
                     order: int = 2, smoothing: Smoothing = "kneser_ney", min_count: int = 1,
                     method: Literal["kaldifst", "direct"] = "kaldifst") -> Fsa:
     """Estimate P on ``sequences``, write it to ``arpa_path`` and return the denominator graph."""

@@ -173,17 +173,21 @@ def _discounts(adjusted: Iterable[int]) -> tuple[float, float, float]:
 
 
 def _count(sentences: Iterable[Sequence[str]], order: int, vocab: set[str] | None) -> list[Counter]:
+    """n-gram counts of every order in one pass over ``sentences`` (only the counts are kept, so a
+    corpus of millions of sentences may be streamed); ``<s>`` is counted as context only."""
     counts = [Counter() for _ in range(order)]
+    reserved = {BOS, EOS}
     for i_sent, sent in enumerate(sentences):
+        if not reserved.isdisjoint(sent):
+            w = next(w for w in sent if w in reserved)
+            raise ValueError(f"sentence {i_sent}: contains the reserved symbol {w!r}")
+        if vocab is not None and not vocab.issuperset(sent):
+            w = next(w for w in sent if w not in vocab)
+            raise ValueError(f"sentence {i_sent}: symbol {w!r} is not in the vocabulary")
         toks = [BOS, *sent, EOS]
-        for w in sent:
-            if w in (BOS, EOS):
-                raise ValueError(f"sentence {i_sent}: contains the reserved symbol {w!r}")
-            if vocab is not None and w not in vocab:
-                raise ValueError(f"sentence {i_sent}: symbol {w!r} is not in the vocabulary")
-        for i in range(1, len(toks)):
-            for n in range(1, min(order, i + 1) + 1):
-                counts[n - 1][tuple(toks[i - n + 1:i + 1])] += 1
+        counts[0].update(zip(toks[1:]))
+        for n in range(2, order + 1):  # every window of n symbols (they all end after <s>)
+            counts[n - 1].update(zip(*(toks[k:] for k in range(n))))
     return counts
 
 

@@ -60,7 +60,7 @@ class ObjectiveConfig:
     ctc_only_steps: int = 0  # only L_ctc (weight 1) for the first N updates (teacher warm-up)
     den_scale: float = 1.0  # LF-MMI denominator scale (label LF-MMI)
     include_input_layer: bool = False  # also regress hidden_states[0] (the encoder input) onto the teacher's
-    # L_hid targets: "none" = the teacher's hidden states as they are (the paper); "layer" = each frame
+    # L_hid targets: "none" = the teacher's hidden states as they are (plain MSE); "layer" = each frame
     # scaled to zero mean / unit variance over features (no affine), so L_hid starts near 1 per frame
     # whatever the teacher's residual-stream scale (pre-LN teachers grow it layer by layer)
     hidden_target_norm: Literal["none", "layer"] = "none"

@@ -1,8 +1,10 @@
 """Import and export of wav2vec 2.0 checkpoints: Hugging Face directories and fairseq ``.pt`` files.
 
 * :func:`load_pretrained` reads a HF directory (``config.json`` + ``model.safetensors`` /
-  ``pytorch_model.bin``, sharded or not) or a fairseq checkpoint (fine-tuned ``w2v_encoder.*`` or
-  pretrained-only; the latter gets a new head of ``vocab_size`` outputs).
+  ``pytorch_model.bin``, sharded or not), a fairseq checkpoint (fine-tuned ``w2v_encoder.*`` or
+  pretrained-only; the latter gets a new head of ``vocab_size`` outputs), or a file of our own training
+  runs (``best.pt``/``last.pt``/``avg<N>.pt``, ``checkpoints/ckpt-*.pt``: the model configuration they
+  carry, the trained model's weights; no tokens inside).
 * :func:`save_pretrained` writes the HF layout that ``transformers.Wav2Vec2ForCTC`` loads.
 * :func:`hf_to_fairseq_state_dict` / :func:`fairseq_to_hf_state_dict` convert key names.
 
@@ -383,7 +385,7 @@ def config_from_hf(d: dict, source: str) -> W2V2Config:
         kw["mask_time_prob"] = 0.0
     extra = d.get("distill") or {}
     known = {"frontend", "fbank_num_mel_bins", "fbank_channels", "mask_group_norm", "chunk_frames", "left_chunks",
-             "causal_pos_conv", "wave_norm", "wave_mean", "wave_std"}
+             "causal_pos_conv", "wave_norm", "wave_mean", "wave_std", "wave_prior_s"}
     bad = sorted(set(extra) - known)
     if bad:
         raise CheckpointError(f"{source}: unknown 'distill' config keys: {', '.join(bad)}")
@@ -419,24 +421,39 @@ def config_to_hf(cfg: W2V2Config, dtype: torch.dtype = torch.float32) -> dict:
         "wave_norm": cfg.wave_norm,
         "wave_mean": cfg.wave_mean,
         "wave_std": cfg.wave_std,
+        "wave_prior_s": cfg.wave_prior_s,
     }
     return d
 
 
-def _read_hf_weights(path: Path) -> dict[str, Tensor]:
+def _load_safetensors(path: Path) -> dict[str, Tensor]:
+    """A safetensors file's tensors; :class:`CheckpointError` naming the file when it is missing,
+    truncated or not safetensors (the library's own error names no file)."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: cannot read the weights (truncated or not a safetensors file?): "
+                              f"{e}") from None
+
+
+def _read_hf_weights(path: Path) -> dict[str, Tensor]:
     st, bin_ = path / "model.safetensors", path / "pytorch_model.bin"
     for index in (path / "model.safetensors.index.json", path / "pytorch_model.bin.index.json"):
         if index.exists():
-            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            try:
+                files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
+                raise CheckpointError(f"{index}: not a valid weight index ({type(e).__name__}: {e})") from None
             sd: dict[str, Tensor] = {}
             for f in files:
                 fp = path / f
-                sd.update(load_file(str(fp)) if f.endswith(".safetensors") else _as_state_dict(safe_torch_load(fp), fp))
+                sd.update(_load_safetensors(fp) if f.endswith(".safetensors") else _as_state_dict(safe_torch_load(fp), fp))
             return sd
     if st.exists():
-        return load_file(str(st))
+        return _load_safetensors(st)
     if bin_.exists():
         return _as_state_dict(safe_torch_load(bin_), bin_)
     raise CheckpointError(f"{path}: no model.safetensors or pytorch_model.bin in the directory")
@@ -492,6 +509,8 @@ def _load_hf(path: Path, vocab_size: Optional[int]) -> W2V2Model:
         cfg = cfg.replace(vocab_size=sd["lm_head.weight"].shape[0])
     model = W2V2Model(cfg)
     load_state_dict_into(model, sd, str(path), allow_missing_head=not has_head)
+    if not has_head:
+        log.info("%s: pretrained-only checkpoint (no CTC head): a new output layer of %d units", path, cfg.vocab_size)
     return model.eval()
 
 
@@ -615,8 +634,38 @@ def config_from_fairseq(m: dict, sd: dict[str, Tensor], source: str) -> W2V2Conf
         raise CheckpointError(f"{source}: invalid fairseq wav2vec 2.0 config: {e}") from None
 
 
-def _load_fairseq(path: Path, vocab_size: Optional[int]) -> W2V2Model:
-    ckpt = safe_torch_load(path)
+def _load_training_file(obj: dict, path: Path, vocab_size: Optional[int]) -> W2V2Model:
+    """A model file or full checkpoint of ``distill.train`` (layout: distill/train/checkpoint.py): the
+    model configuration from its ``meta`` (``model_config``, as ``distill.bin.train`` stores it), the
+    weights of the trained model from its ``model`` state (under the run's ``export_prefix`` in a full
+    checkpoint, which also holds a teacher's projections and the like)."""
+    from distill.train.checkpoint import CKPT_FORMAT
+
+    what = "training checkpoint" if obj["format"] == CKPT_FORMAT else "model file"
+    meta = obj.get("meta") if isinstance(obj.get("meta"), dict) else {}
+    mc, sd = meta.get("model_config"), obj.get("model")
+    if not isinstance(mc, dict) or not isinstance(sd, dict):
+        raise CheckpointError(f"{path}: a {what} of a distill.train run that does not carry its model's "
+                              "configuration: give the model directory the run exported (<exp_dir>/model) instead")
+    try:
+        cfg = W2V2Config.from_dict(mc)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: the model configuration of this {what} is invalid: {e}") from None
+    if obj["format"] == CKPT_FORMAT:
+        prefix = str((obj.get("config") or {}).get("export_prefix") or "")
+        sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    if vocab_size is not None and vocab_size != cfg.vocab_size:
+        raise CheckpointError(f"{path}: output layer has {cfg.vocab_size} units, vocab_size={vocab_size} requested")
+    model = W2V2Model(cfg)
+    load_state_dict_into(model, sd, str(path))
+    step = (obj.get("trainer") or {}).get("step", obj.get("step"))
+    log.info("%s: %s of a training run (update %s), loaded with the model configuration it carries; it holds "
+             "no tokens: use the lang dir the run was trained on", path, what, step)
+    return model.eval()
+
+
+def _load_fairseq(path: Path, vocab_size: Optional[int], ckpt: Any = None) -> W2V2Model:
+    ckpt = safe_torch_load(path) if ckpt is None else ckpt
     if not isinstance(ckpt, dict) or "model" not in ckpt or not isinstance(ckpt["model"], dict):
         raise CheckpointError(f"{path}: not a fairseq checkpoint (no 'model' state dict)")
     sd_fs = ckpt["model"]
@@ -642,11 +691,14 @@ def _load_fairseq(path: Path, vocab_size: Optional[int]) -> W2V2Model:
         cfg = cfg.replace(vocab_size=vocab_size)
     model = W2V2Model(cfg)
     load_state_dict_into(model, sd, str(path), allow_missing_head=not has_head)
+    if not has_head:
+        log.info("%s: pretrained-only checkpoint (no CTC head): a new output layer of %d units", path, cfg.vocab_size)
     return model.eval()
 
 
 def load_pretrained(path: str | Path, vocab_size: Optional[int] = None) -> W2V2Model:
-    """Load a wav2vec 2.0 model (eval mode) from a HF directory or a fairseq ``.pt`` checkpoint.
+    """Load a wav2vec 2.0 model (eval mode) from a HF directory, a fairseq ``.pt`` checkpoint, or a model
+    file / checkpoint of a ``distill.bin.train`` run (the module docstring lists them).
 
     ``vocab_size`` gives a pretrained-only checkpoint a new randomly initialised output layer; for a
     fine-tuned checkpoint it must match the stored head if given."""
@@ -657,4 +709,9 @@ def load_pretrained(path: str | Path, vocab_size: Optional[int] = None) -> W2V2M
         return _load_hf(p, vocab_size)
     if p.name == "config.json":
         return _load_hf(p.parent, vocab_size)
-    return _load_fairseq(p, vocab_size)
+    from distill.train.checkpoint import CKPT_FORMAT, MODEL_FORMAT
+
+    obj = safe_torch_load(p)
+    if isinstance(obj, dict) and obj.get("format") in (CKPT_FORMAT, MODEL_FORMAT):
+        return _load_training_file(obj, p, vocab_size)
+    return _load_fairseq(p, vocab_size, obj)

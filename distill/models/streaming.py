@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from .config import conv_output_length
 from .wav2vec2 import W2V2Model, bias_from_allowed, chunk_attention_allowed
+from .wave_norm import running_norm, running_state
 
 __all__ = [
     "chunk_attention_mask",
@@ -86,7 +87,8 @@ def _check_streamable(model: W2V2Model) -> None:
     if cfg.frontend == "cnn" and cfg.wave_norm == "utterance":
         raise ValueError(
             "this model scales each whole utterance (wave_norm='utterance') and cannot stream; "
-            "use wave_norm='fixed' with the training data's wave_mean/wave_std"
+            "use wave_norm='running' (causal running normalisation) with the training data's "
+            "wave_mean/wave_std as its prior"
         )
 
 
@@ -113,11 +115,14 @@ class StreamingStep(nn.Module):
         self.head_dim = cfg.hidden_size // cfg.num_attention_heads
         self.pos_context = cfg.num_conv_pos_embeddings - 1
         self.fbank = cfg.frontend == "fbank"
+        self.running_norm = not self.fbank and cfg.wave_norm == "running"
 
     def state_names(self) -> list[str]:
         names = ["pos_ctx", "kv_cache", "processed"]
         if self.fbank:
             names += ["fbank_ctx1", "fbank_ctx2"]
+        if self.running_norm:
+            names.append("wave_stats")
         return names
 
     def init_state(self, batch: int = 1, device=None, dtype: torch.dtype = torch.float32) -> list[Tensor]:
@@ -130,6 +135,8 @@ class StreamingStep(nn.Module):
         ]
         if self.fbank:
             state += list(self.model.fbank_frontend.init_state(batch, device, dtype))
+        if self.running_norm:  # float64 sums of the samples before the chunk (wave_norm: running)
+            state.append(running_state(batch, device))
         return state
 
     def forward(self, x: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
@@ -138,6 +145,16 @@ class StreamingStep(nn.Module):
         if self.fbank:
             feats, c1, c2 = m.fbank_frontend._convs(m.fbank_frontend.normalize(x), state[3], state[4])
             extra = [c1, c2]
+        elif self.running_norm:
+            cfg = m.config
+            # the input overlaps the next chunk's by receptive_field - frame_shift samples: the running
+            # sums move on by the frames this chunk completes
+            n_out = conv_output_length(x.shape[1], cfg) if not torch.jit.is_tracing() else \
+                torch.div(x.shape[1] - cfg.receptive_field, cfg.frame_shift, rounding_mode="floor") + 1
+            xs, stats = running_norm(x, cfg.wave_mean, cfg.wave_std, cfg.wave_prior_s, cfg.frame_shift,
+                                     state=state[3], keep=n_out * cfg.frame_shift)
+            feats = m.feature_extractor(xs).transpose(1, 2)
+            extra = [stats]
         else:
             feats = m.feature_extractor(m.normalize_wave(x)).transpose(1, 2)
             extra = []

@@ -43,11 +43,14 @@ def make_student(
     layer_init: Literal["every_k", "first_k"] = "every_k",
     vocab_size: Optional[int] = None,
     copy_head: bool = True,
+    streamable: bool = True,
 ) -> W2V2Model:
     """A student of ``config`` (preset name or config) with weights copied from ``teacher`` where shapes
     allow, fresh initialisation elsewhere.
 
-    Copied: the teacher's waveform scaling (``wave_norm``) unless the config sets one; the CNN when
+    Copied: the teacher's waveform scaling (``wave_norm``) unless the config sets one -- except that a
+    ``streamable`` student of a per-utterance teacher gets causal running normalisation (``running``;
+    its prior, ``wave_mean``/``wave_std``, is the caller's to estimate on training data); the CNN when
     its shape and norm match; the feature layer norm / projection when the
     widths match; the positional conv and encoder layer norm when the width matches; layer i from
     teacher layer :func:`teacher_layer_for` when width, FFN and heads match; the head when widths
@@ -60,7 +63,12 @@ def make_student(
     vocab = tcfg.vocab_size if vocab_size is None else vocab_size
     if cfg.frontend == "cnn" and tcfg.frontend == "cnn" and cfg.wave_norm == "none" and tcfg.wave_norm != "none":
         # the student's CNN starts from (and its features are taught by) a CNN that saw scaled input
-        cfg = cfg.replace(wave_norm=tcfg.wave_norm, wave_mean=tcfg.wave_mean, wave_std=tcfg.wave_std)
+        cfg = cfg.replace(wave_norm=tcfg.wave_norm, wave_mean=tcfg.wave_mean, wave_std=tcfg.wave_std,
+                          wave_prior_s=tcfg.wave_prior_s)
+        if streamable and cfg.wave_norm == "utterance":
+            cfg = cfg.replace(wave_norm="running")
+            log.info("the teacher normalises each utterance, which cannot stream: the student uses causal "
+                     "running normalisation (wave_norm: running)")
     student = W2V2Model(cfg.replace(vocab_size=vocab))
     report: list[str] = []
     if cfg.frontend == "cnn" and tcfg.frontend == "cnn" and cfg.feat_extract_norm == tcfg.feat_extract_norm:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import W2V2Config, conv_output_length, get_config
+from .wave_norm import running_norm, utterance_norm
 
 __all__ = ["W2V2Model", "W2V2Output", "build_model", "activation"]
 
@@ -261,7 +262,12 @@ class PositionalConvEmbedding(nn.Module):
         self.act = activation(cfg.feat_extract_activation)
 
     def forward(self, x: Tensor, causal: bool = False, context: Optional[Tensor] = None) -> Tensor:
-        """x [B,T,D] -> [B,T,D]. Causal mode uses ``context`` [B,K-1,D] (previous inputs) or zeros."""
+        """x [B,T,D] -> [B,T,D]. Causal mode uses ``context`` [B,K-1,D] (previous inputs) or zeros.
+
+        T = 0 (audio shorter than one frame) gives an empty output: the padded input would be
+        shorter than the kernel (the causal K-1 padding, or an odd centred kernel's)."""
+        if not torch.jit.is_tracing() and x.shape[1] == 0:
+            return torch.zeros_like(x)
         h = x.transpose(1, 2)
         k = self.kernel
         if causal:
@@ -477,21 +483,17 @@ class W2V2Model(nn.Module):
         return lengths.long()
 
     def normalize_wave(self, wave: Tensor, lengths: Optional[Tensor] = None) -> Tensor:
-        """The CNN's input: ``wave`` [B,S] scaled as ``config.wave_norm`` says (branch-free, so it traces).
-
-        "utterance" uses only the first ``lengths`` samples of each row (all without lengths) and sets
-        the padding to 0, like HF's feature extractor (variance + 1e-7 under the square root)."""
+        """The CNN's input: ``wave`` [B,S] scaled as ``config.wave_norm`` says (branch-free, so it traces;
+        :mod:`distill.models.wave_norm`). Padding beyond ``lengths`` is set to 0 by "utterance" and
+        "running", as HF's feature extractor does."""
         cfg = self.config
         if cfg.wave_norm == "fixed":
             return (wave - cfg.wave_mean) / cfg.wave_std
-        if cfg.wave_norm != "utterance":
-            return wave
-        x = wave.float()
-        m = torch.ones_like(x) if lengths is None else lengths_to_mask(lengths, x.shape[1]).to(x.dtype)
-        n = m.sum(1, keepdim=True).clamp(min=1.0)
-        mean = (x * m).sum(1, keepdim=True) / n
-        var = (((x - mean) * m) ** 2).sum(1, keepdim=True) / n
-        return ((x - mean) * torch.rsqrt(var + 1e-7) * m).to(wave.dtype)
+        if cfg.wave_norm == "running":
+            return running_norm(wave, cfg.wave_mean, cfg.wave_std, cfg.wave_prior_s, cfg.frame_shift, lengths)[0]
+        if cfg.wave_norm == "utterance":
+            return utterance_norm(wave, lengths)
+        return wave
 
     def _frontend(self, wave: Tensor, lengths: Tensor) -> Tensor:
         """wave [B,S] -> features [B,T,C] (T may be 0)."""

@@ -16,6 +16,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, TextIO, Union
 
+from distill.data.textfile import iter_raw_lines
+
 from .align import ascii_lower
 from .wer import Mode, Text, UttScore, format_wer, wer
 
@@ -31,25 +33,24 @@ PathLike = Union[str, Path]
 def read_kaldi_text(path: PathLike) -> dict[str, str]:
     """Read a Kaldi ``text`` file (``<utt-id> word word ...`` per line; an id alone is an empty text).
 
-    Blank lines are skipped. A line that is not UTF-8, or a repeated id, raises ValueError naming the
+    Blank lines are skipped and a UTF-8 byte-order mark at the start is removed. A line that is not UTF-8, or a repeated id, raises ValueError naming the
     file, the line number and (where it can be read) the utterance id.
     """
     path = Path(path)
     out: dict[str, str] = {}
-    with path.open("rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                uid = raw.split(maxsplit=1)[0].decode("utf-8", "replace") if raw.split() else "?"
-                raise ValueError(f"{path}:{lineno}: utterance '{uid}': not valid UTF-8 ({e})") from None
-            parts = line.strip().split(maxsplit=1)
-            if not parts:
-                continue
-            uid = parts[0]
-            if uid in out:
-                raise ValueError(f"{path}:{lineno}: utterance '{uid}' appears twice")
-            out[uid] = parts[1] if len(parts) > 1 else ""
+    for lineno, raw in iter_raw_lines(path):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            uid = raw.split(maxsplit=1)[0].decode("utf-8", "replace") if raw.split() else "?"
+            raise ValueError(f"{path}:{lineno}: utterance '{uid}': not valid UTF-8 ({e})") from None
+        parts = line.strip().split(maxsplit=1)
+        if not parts:
+            continue
+        uid = parts[0]
+        if uid in out:
+            raise ValueError(f"{path}:{lineno}: utterance '{uid}' appears twice")
+        out[uid] = parts[1] if len(parts) > 1 else ""
     return out
 
 

@@ -5,8 +5,10 @@
   new one, never a partial one, whatever happens to the writer (SIGKILL, power loss, ENOSPC).
 * Checkpoints hold tensors and plain Python values only, so :func:`load` uses
   ``torch.load(weights_only=True)`` (no arbitrary unpickling). RNG states are stored as tensors/lists.
-* Full training checkpoints live in ``<exp_dir>/checkpoints/ckpt-<step>.pt``;
-  :func:`latest_valid_checkpoint` returns the newest one that loads, warning about broken ones.
+* Full training checkpoints live in ``<exp_dir>/checkpoints/ckpt-<step>.pt``; the one written on a
+  SIGTERM/SIGINT off the schedule is ``signal-<step>.pt`` there, outside the ``keep_last`` rotation and
+  averaging, and removed once a later checkpoint supersedes it. :func:`latest_valid_checkpoint` returns
+  the newest one of either kind that loads, warning about broken ones.
 * Fault-injection hook for the tests (tests/test_faults_process.py): when the environment variable
   ``DISTILL_TEST_KILL_IN_WRITE`` equals a file name (e.g. ``ckpt-00000004.pt``), the process writes half
   of that file's temporary copy and then SIGKILLs itself, as a crash in the middle of a write would.
@@ -28,14 +30,16 @@ import numpy as np
 import torch
 
 __all__ = ["CheckpointError", "atomic_save", "load", "checkpoint_path", "list_checkpoints",
-           "latest_valid_checkpoint", "remove_stale_temp_files", "prune_checkpoints", "rng_state",
-           "set_rng_state", "save_model_file", "load_model_state", "CKPT_FORMAT", "MODEL_FORMAT"]
+           "signal_checkpoint_path", "list_signal_checkpoints", "remove_signal_checkpoints",
+           "resume_candidates", "latest_valid_checkpoint", "remove_stale_temp_files", "prune_checkpoints",
+           "rng_state", "set_rng_state", "save_model_file", "load_model_state", "CKPT_FORMAT", "MODEL_FORMAT"]
 
 log = logging.getLogger(__name__)
 
 CKPT_FORMAT = "distill-train-checkpoint-v1"
 MODEL_FORMAT = "distill-model-v1"
 _CKPT_RE = re.compile(r"^ckpt-(\d+)\.pt$")
+_SIGNAL_RE = re.compile(r"^signal-(\d+)\.pt$")
 _TMP_MARK = ".tmp-"
 
 
@@ -159,17 +163,49 @@ def checkpoint_path(ckpt_dir: str | Path, step: int) -> Path:
     return Path(ckpt_dir) / f"ckpt-{step:08d}.pt"
 
 
-def list_checkpoints(ckpt_dir: str | Path) -> list[tuple[int, Path]]:
-    """``(step, path)`` of the full checkpoints in ``ckpt_dir``, oldest first (temp files ignored)."""
+def signal_checkpoint_path(ckpt_dir: str | Path, step: int) -> Path:
+    """Where a checkpoint written because of a signal, off the schedule, goes."""
+    return Path(ckpt_dir) / f"signal-{step:08d}.pt"
+
+
+def _list(ckpt_dir: str | Path, pattern: re.Pattern) -> list[tuple[int, Path]]:
     d = Path(ckpt_dir)
     if not d.is_dir():
         return []
     out = []
     for p in d.iterdir():
-        m = _CKPT_RE.match(p.name)
+        m = pattern.match(p.name)
         if m and p.is_file():
             out.append((int(m.group(1)), p))
     return sorted(out)
+
+
+def list_checkpoints(ckpt_dir: str | Path) -> list[tuple[int, Path]]:
+    """``(step, path)`` of the scheduled full checkpoints in ``ckpt_dir``, oldest first: the ones that
+    rotate (``keep_last``) and are averaged. Signal checkpoints and temp files are not listed."""
+    return _list(ckpt_dir, _CKPT_RE)
+
+
+def list_signal_checkpoints(ckpt_dir: str | Path) -> list[tuple[int, Path]]:
+    """``(step, path)`` of the checkpoints written on a signal (``signal-<step>.pt``), oldest first."""
+    return _list(ckpt_dir, _SIGNAL_RE)
+
+
+def remove_signal_checkpoints(ckpt_dir: str | Path, upto_step: int, keep: Optional[Path] = None) -> list[Path]:
+    """Delete the signal checkpoints of steps ``<= upto_step`` (but ``keep``): a later checkpoint
+    supersedes them. Returns the deleted paths."""
+    return _delete([p for s, p in list_signal_checkpoints(ckpt_dir) if s <= upto_step and p != keep],
+                   "superseded signal checkpoint")
+
+
+def _delete(paths: list[Path], what: str) -> list[Path]:
+    """Delete ``paths`` (a failure is a warning naming the file: a stale checkpoint is no harm)."""
+    for p in paths:
+        try:
+            p.unlink()
+        except OSError as e:
+            log.warning("could not delete %s %s: %s", what, p, e)
+    return paths
 
 
 def remove_stale_temp_files(directory: str | Path) -> list[Path]:
@@ -189,13 +225,20 @@ def remove_stale_temp_files(directory: str | Path) -> list[Path]:
     return removed
 
 
+def resume_candidates(ckpt_dir: str | Path) -> list[tuple[int, Path]]:
+    """Scheduled and signal checkpoints, oldest first; at equal steps the scheduled one counts as newer."""
+    tagged = [(s, 1, p) for s, p in list_checkpoints(ckpt_dir)] + \
+        [(s, 0, p) for s, p in list_signal_checkpoints(ckpt_dir)]
+    return [(s, p) for s, _, p in sorted(tagged)]
+
+
 def latest_valid_checkpoint(ckpt_dir: str | Path) -> Optional[tuple[Path, dict]]:
-    """The newest checkpoint that loads and has the expected format, with its content.
+    """The newest checkpoint (scheduled or signal) that loads and has the expected format, with its content.
 
     Broken ones (truncated, corrupt, foreign) are skipped with a warning naming them; they are not
     deleted, so that a person can look at them.
     """
-    for step, p in reversed(list_checkpoints(ckpt_dir)):
+    for step, p in reversed(resume_candidates(ckpt_dir)):
         try:
             obj = load(p)
         except CheckpointError as e:
@@ -212,13 +255,7 @@ def latest_valid_checkpoint(ckpt_dir: str | Path) -> Optional[tuple[Path, dict]]
 def prune_checkpoints(ckpt_dir: str | Path, keep_last: int) -> list[Path]:
     """Delete all but the newest ``keep_last`` full checkpoints; returns the deleted paths."""
     ckpts = list_checkpoints(ckpt_dir)
-    doomed = [p for _, p in ckpts[:-keep_last]] if keep_last > 0 else []
-    for p in doomed:
-        try:
-            p.unlink()
-        except OSError as e:
-            log.warning("could not delete old checkpoint %s: %s", p, e)
-    return doomed
+    return _delete([p for _, p in ckpts[:-keep_last]] if keep_last > 0 else [], "old checkpoint")
 
 
 def rng_state() -> dict:

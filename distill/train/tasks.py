@@ -15,7 +15,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -31,7 +33,7 @@ from . import distributed as du
 from .checkpoint import load_error_detail
 from .trainer import LossResult
 
-__all__ = ["TeacherTask", "DistillTask", "TeacherCache", "TeacherCacheError", "compute_loss",
+__all__ = ["TeacherTask", "DistillTask", "TeacherCache", "TeacherCacheError", "cache_values_per_frame", "compute_loss",
            "rebuild_with_config", "add_channel_masking", "make_validate",
            "estimate_fbank_cmvn", "estimate_wave_stats"]
 
@@ -47,7 +49,11 @@ def rebuild_with_config(model: W2V2Model, **changes: Any) -> W2V2Model:
     if not changes:
         return model
     new = W2V2Model(model.config.replace(**changes))
-    missing, unexpected = new.load_state_dict(model.state_dict(), strict=False)
+    try:
+        missing, unexpected = new.load_state_dict(model.state_dict(), strict=False)
+    except RuntimeError as e:  # a shape differs (strict=False only forgives missing/unexpected keys)
+        first = str(e).split("\n\t")[1] if "\n\t" in str(e) else str(e)
+        raise ValueError(f"config changes {sorted(changes)} change the parameter layout ({first.strip()})") from None
     bad = [k for k in list(missing) + list(unexpected) if k != "masked_spec_embed"]
     if bad:
         raise ValueError(f"config changes {sorted(changes)} change the parameter layout ({bad[:4]})")
@@ -141,20 +147,76 @@ class TeacherCache:
     written; later epochs read them back. ``meta.json`` records the teacher fingerprint and which
     outputs are stored; a cache written for another teacher or other targets is refused. Targets
     are only valid for unperturbed audio: speed perturbation must be off (checked by the entry point).
+
+    Disk cost: 50 frames per second of audio (180,000 per hour) times the values stored per frame
+    (the vocabulary for scores, hidden size per distilled layer, CNN width for features) times 2 bytes
+    (fp16), plus ~1.6 kB per file (:meth:`bytes_needed`). Given ``values_per_frame``, ``hours`` and
+    ``utterances`` of the training data, :meth:`open` logs the cost and refuses a new cache that would
+    not fit the free disk, before anything is written.
     """
 
-    def __init__(self, directory: str | Path, fingerprint: Mapping[str, Any], dtype: torch.dtype = torch.float16
-                 ) -> None:
+    FRAMES_PER_SECOND = 50  # wav2vec 2.0 output frames (20 ms)
+    FILE_OVERHEAD = 1600  # bytes per torch.save file beyond its tensors (zip container, cut id), measured
+    BLOCK = 4096  # files take whole filesystem blocks
+
+    def __init__(self, directory: str | Path, fingerprint: Mapping[str, Any], dtype: torch.dtype = torch.float16,
+                 *, values_per_frame: Optional[int] = None, hours: Optional[float] = None,
+                 utterances: Optional[int] = None) -> None:
         self.dir = Path(directory)
         self.dtype = dtype
         self.meta = {"format": "distill-teacher-cache-v1", "dtype": str(dtype).replace("torch.", ""),
                      **fingerprint}
+        self.values_per_frame, self.hours, self.utterances = values_per_frame, hours, utterances
         self.hits = 0
         self.misses = 0
 
+    def bytes_per_hour(self, values_per_frame: int) -> float:
+        """Tensor bytes per hour of audio (without the per-file overhead)."""
+        return 3600.0 * self.FRAMES_PER_SECOND * values_per_frame * torch.empty((), dtype=self.dtype).element_size()
+
+    def bytes_needed(self, values_per_frame: int, hours: float, utterances: int) -> int:
+        """Disk space of a full cache: each cut's file (its share of the tensor bytes plus the file
+        overhead) rounded up to whole filesystem blocks."""
+        if utterances <= 0:
+            return 0
+        per_file = self.bytes_per_hour(values_per_frame) * hours / utterances + self.FILE_OVERHEAD
+        return int(utterances * math.ceil(per_file / self.BLOCK) * self.BLOCK)
+
+    def _check_space(self) -> Optional[str]:
+        """Log the cache's disk cost; the reason to refuse it (a new cache larger than the free disk), or None."""
+        v, h, n = self.values_per_frame, self.hours, self.utterances
+        if v is None:
+            return None
+        if h is None or n is None:
+            log.warning("teacher cache %s: %.2f GB per hour of audio (%d values per frame, %s); the size of the "
+                        "training data is unknown (cuts.yaml without sizes: re-run stage 1), free disk not checked",
+                        self.dir, self.bytes_per_hour(v) / 1e9, v, self.meta["dtype"])
+            return None
+        need = self.bytes_needed(v, h, n)
+        probe = self.dir
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        free = shutil.disk_usage(probe).free
+        new = not (self.dir / "meta.json").exists()
+        log.info("teacher cache %s: %.2f GB per hour of audio (%d values per frame, %s) + %.1f kB per file; "
+                 "%.1f GB for %.1f h in %d cuts; %.1f GB free%s", self.dir, self.bytes_per_hour(v) / 1e9, v,
+                 self.meta["dtype"], self.FILE_OVERHEAD / 1e3, need / 1e9, h, n, free / 1e9,
+                 "" if new else " (existing cache: what it already holds is not counted)")
+        if new and need > free:
+            return (f"teacher cache '{self.dir}' would need {need / 1e9:.1f} GB ({self.bytes_per_hour(v) / 1e9:.2f} GB "
+                    f"per hour of audio x {h:.1f} h in {n} cuts: {v} values per frame in {self.meta['dtype']}) but "
+                    f"only {free / 1e9:.1f} GB are free on {probe}; set teacher_cache_dir to a larger disk"
+                    + (", teacher_cache_dtype: float16" if self.meta["dtype"] != "float16" else "")
+                    + " or teacher_cache: false (teacher outputs on the fly)")
+        return None
+
     def open(self) -> None:
-        """Create or check ``meta.json`` (rank 0 writes, all ranks check after a barrier)."""
+        """Check the free disk (see the class docstring), then create or check ``meta.json`` (rank 0
+        writes, all ranks check after a barrier)."""
         meta_file = self.dir / "meta.json"
+        refusal = du.broadcast_object(self._check_space() if du.is_main() else None)
+        if refusal:
+            raise TeacherCacheError(refusal)
         if du.is_main():
             self.dir.mkdir(parents=True, exist_ok=True)
             if not meta_file.exists():
@@ -197,6 +259,13 @@ class TeacherCache:
         torch.save({"id": cut_id, **{k: v.detach().to("cpu", self.dtype).contiguous() for k, v in entry.items()}},
                    tmp)
         os.replace(tmp, p)
+
+
+def cache_values_per_frame(teacher: W2V2Model, needs: Mapping[str, Any]) -> int:
+    """Values a :class:`TeacherCache` stores per frame for ``needs`` (``DistillObjective.teacher_needs()``)."""
+    c = teacher.config
+    return ((c.vocab_size if needs.get("scores") else 0) + len(needs.get("hidden") or ()) * c.hidden_size
+            + (c.feature_dim if needs.get("features") else 0))
 
 
 class DistillTask(_TaskBase):

@@ -370,12 +370,18 @@ class Trainer:
     def _model_state(self) -> dict[str, torch.Tensor]:
         return ckpt.filter_state(self.model.state_dict(), tuple(self.cfg.exclude_from_checkpoint))
 
-    def save_checkpoint(self) -> Optional[Path]:
-        """Write a full checkpoint of the current update (collective under DDP; rank 0 writes)."""
+    def save_checkpoint(self, on_signal: bool = False) -> Optional[Path]:
+        """Write a full checkpoint of the current update (collective under DDP; rank 0 writes).
+
+        ``on_signal``: the checkpoint of a SIGTERM/SIGINT off the schedule, ``signal-<step>.pt``: it
+        resumes like any other but takes no part in the ``keep_last`` rotation or in averaging, so that
+        an interrupted-and-resumed run keeps the scheduled checkpoints of an uninterrupted one. Any
+        checkpoint removes the signal checkpoints it supersedes.
+        """
         rank_state = {"rank": self.rank, "sampler": self._sampler_state(), "rng": ckpt.rng_state()}
         states = du.gather_objects(rank_state)
         err: Optional[str] = None
-        path = ckpt.checkpoint_path(self.ckpt_dir, self.step)
+        path = (ckpt.signal_checkpoint_path if on_signal else ckpt.checkpoint_path)(self.ckpt_dir, self.step)
         if self.rank == 0:
             obj = {
                 "format": ckpt.CKPT_FORMAT,
@@ -391,7 +397,9 @@ class Trainer:
             }
             try:
                 ckpt.atomic_save(obj, path)
-                ckpt.prune_checkpoints(self.ckpt_dir, self.cfg.keep_last)
+                if not on_signal:
+                    ckpt.prune_checkpoints(self.ckpt_dir, self.cfg.keep_last)
+                ckpt.remove_signal_checkpoints(self.ckpt_dir, self.step, keep=path)
                 log.info("checkpoint %s written (epoch %d, batch %d of the epoch)", path, self.epoch,
                          self.batch_in_epoch)
             except ckpt.CheckpointError as e:
@@ -399,7 +407,8 @@ class Trainer:
         err = du.broadcast_object(err)
         if err is not None:
             raise ckpt.CheckpointError(err)
-        self.last_ckpt_step = self.step
+        if not on_signal:
+            self.last_ckpt_step = self.step
         self._last_ckpt_path = path
         return path
 
@@ -408,7 +417,7 @@ class Trainer:
         if self.rank == 0:
             ckpt.remove_stale_temp_files(self.ckpt_dir)
         du.barrier()
-        existing = ckpt.list_checkpoints(self.ckpt_dir)
+        existing = ckpt.resume_candidates(self.ckpt_dir)
         if not existing:
             return False
         if not self.cfg.resume:
@@ -436,7 +445,8 @@ class Trainer:
             self.scaler.load_state_dict(obj["scaler"])
         for k, v in st.items():
             setattr(self, k, v)
-        self.last_ckpt_step = self.step
+        # a signal checkpoint does not stand for the scheduled one of its update (written if due)
+        self.last_ckpt_step = -1 if path.name == ckpt.signal_checkpoint_path(".", self.step).name else self.step
         self._last_ckpt_path = path
         old_cfg, new_cfg = obj.get("config", {}), config_to_dict(self.cfg)
         changed = sorted(k for k in set(old_cfg) | set(new_cfg) if old_cfg.get(k) != new_cfg.get(k))
@@ -861,7 +871,7 @@ class Trainer:
 
     def _interrupted(self) -> FitResult:
         if self.last_ckpt_step != self.step or self._last_ckpt_path is None:
-            self.save_checkpoint()
+            self.save_checkpoint(on_signal=True)
         sig = self._stop_signal or signal.SIGTERM
         log.warning("stopped by %s at update %d; resume with the same command (checkpoint %s)",
                     signal.Signals(sig).name, self.step, self._last_ckpt_path)

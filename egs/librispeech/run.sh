@@ -6,6 +6,7 @@
 # Stages: 0 data | 1 lang | 2 denominator graph | 3 teacher | 4 stage-1 distillation
 #         5 stage-2 (streaming) distillation | 6 decode + score
 set -euo pipefail
+run_dir=$PWD           # where run.sh was started: relative paths given as options are taken from here
 cd "$(dirname "$0")"
 
 stage=0
