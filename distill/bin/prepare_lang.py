@@ -236,7 +236,7 @@ def run(cfg: PrepareLangConfig) -> R.PrepReport:
             open(lang_dir / "train_token_ids.txt", "w", encoding="utf-8") as fi:
         for part in splits["train"]:
             cuts = tqdm(read_cut_dicts(cand_paths[part]), desc=f"tokenise {part}", unit="cut", mininterval=10,
-                        total=n_cand, disable=None)
+                        disable=None)
             for cut, ids in _tokenised(cuts, part, "train", tok, cfg, report):
                 w.write(cut)
                 size.add("train", cut)
