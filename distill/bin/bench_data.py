@@ -209,7 +209,11 @@ def ensure_release(root: Path, hours: float, pool_dir: Path, **kw: Any) -> dict[
 
 def run_child(argv: Sequence[str], log_path: Path) -> dict[str, Any]:
     """Run ``argv`` (output to ``log_path``): wall and CPU seconds, peak RSS in MB (``os.wait4``: this
-    child's own, or that of a process it waited for, whichever is larger) and exit status."""
+    child's own, or that of a process it waited for, whichever is larger) and exit status.
+
+    On Linux a child's peak RSS is at least its parent's RSS when it was spawned (exec keeps the copied
+    address space's high-water mark): call this from a process smaller than what it measures, as the
+    benchmark's own driver is (it does not import torch)."""
     t0 = time.perf_counter()
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
