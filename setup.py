@@ -1,4 +1,5 @@
 """distillw2v2: two-stage distillation of wav2vec 2.0 into a small streaming student (DistillW2V2)."""
+
 from setuptools import find_packages, setup
 
 # torch is listed without a pin so that a user's existing torch is kept; tools/install.sh installs the
@@ -25,7 +26,7 @@ install_requires = [
 ]
 
 extras_require = {
-    "dev": ["pytest>=8", "pytest-timeout"],
+    "dev": ["pytest>=8", "pytest-timeout", "ruff==0.17.6"],  # ruff pinned: its formatting changes between versions
     "onnx": ["onnx", "onnxruntime"],
     "hf": ["transformers>=4.40"],
 }

@@ -1,4 +1,5 @@
 """Logging set-up shared by every step: console plus an optional plain log file per step."""
+
 from __future__ import annotations
 
 import logging

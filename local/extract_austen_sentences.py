@@ -15,6 +15,7 @@ Each output line is one sentence as it is given to the synthesisers: words made 
 and inner apostrophes, separated by single spaces, some followed by one of ``, ; : . ! ?``, ending in
 ``. ! ?``. Its transcript is the words upper-cased (``make_demo_corpus.transcript``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,7 +52,7 @@ class _RReader:
             self.pos += 4 + self._peek_int()  # native encoding name
 
     def _peek_int(self) -> int:
-        return struct.unpack(">i", self.data[self.pos:self.pos + 4])[0]
+        return struct.unpack(">i", self.data[self.pos : self.pos + 4])[0]
 
     def _int(self) -> int:
         value = self._peek_int()
@@ -81,7 +82,7 @@ class _RReader:
             n = self._int()
             if n == -1:
                 return None
-            text = self.data[self.pos:self.pos + n].decode("utf-8")
+            text = self.data[self.pos : self.pos + n].decode("utf-8")
             self.pos += n
             return text
         if sexptype in (10, 13, 14, 16, 19, 20):
@@ -89,10 +90,10 @@ class _RReader:
             if n == -1:
                 n = (self._int() << 32) + self._int()
             if sexptype in (10, 13):
-                values: Any = list(struct.unpack(f">{n}i", self.data[self.pos:self.pos + 4 * n]))
+                values: Any = list(struct.unpack(f">{n}i", self.data[self.pos : self.pos + 4 * n]))
                 self.pos += 4 * n
             elif sexptype == 14:
-                values = list(struct.unpack(f">{n}d", self.data[self.pos:self.pos + 8 * n]))
+                values = list(struct.unpack(f">{n}d", self.data[self.pos : self.pos + 8 * n]))
                 self.pos += 8 * n
             else:
                 values = [self.item() for _ in range(n)]
@@ -120,7 +121,7 @@ def read_lazyload_db(package_dir: Path) -> dict[str, list[str]]:
     blob = rdb.read_bytes()
     out = {}
     for name, (_, (offset, length), _) in zip(variables[2]["names"][1], variables[1]):
-        chunk = blob[int(offset):int(offset) + int(length)]
+        chunk = blob[int(offset) : int(offset) + int(length)]
         obj = _RReader(zlib.decompress(chunk[4:])).item()  # 4-byte length, then zlib
         out[name] = [s or "" for s in obj[1]]
     return out

@@ -1,4 +1,5 @@
 """Shared pytest fixtures and markers."""
+
 from __future__ import annotations
 
 import os
@@ -41,9 +42,21 @@ def corpus(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("corpus") / "demo"
     env = dict(os.environ, VIRTUAL_ENV=sys.prefix, PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
     r = subprocess.run(
-        [sys.executable, str(REPO / "local" / "make_demo_corpus.py"), "--out", str(out), "--size", "tiny",
-         "--layouts", "kaldi,librispeech,gigaspeech", "--nj", "2"],
-        capture_output=True, text=True, env=env,
+        [
+            sys.executable,
+            str(REPO / "local" / "make_demo_corpus.py"),
+            "--out",
+            str(out),
+            "--size",
+            "tiny",
+            "--layouts",
+            "kaldi,librispeech,gigaspeech",
+            "--nj",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
     )
     assert r.returncode == 0, r.stderr[-3000:]
     return out

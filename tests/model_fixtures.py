@@ -1,8 +1,9 @@
 """A tiny wav2vec 2.0 configuration shared by the model, streaming and export tests."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from distill.data.tokenizer import Tokenizer
 from distill.models import W2V2Config

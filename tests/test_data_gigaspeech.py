@@ -1,4 +1,5 @@
 """Stage 0 + 1 on a GigaSpeech release directory (GigaSpeech.json + Opus audio)."""
+
 from __future__ import annotations
 
 import gzip
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 from lhotse import CutSet, Recording, RecordingSet, SupervisionSegment, SupervisionSet
 from lhotse.audio import AudioSource
+from test_data_helpers import make_gigaspeech
 
 from distill.bin import prepare_lang, prepare_manifests
 from distill.data import Tokenizer, gigaspeech, load_cuts, make_dataloader
@@ -18,7 +20,6 @@ from distill.data import report as R
 from distill.data.audio import probe_many
 from distill.data.manifests import mono_cut_dicts, read_cuts_size, supervision_dict, write_part
 from distill.data.prep_common import Utterance, assemble, cuts_from_manifests
-from test_data_helpers import make_gigaspeech
 
 pytestmark = pytest.mark.skipif(shutil.which("opusenc") is None, reason="needs opusenc (opus-tools)")
 
@@ -30,23 +31,47 @@ def _subs(tags):
 
 
 AUDIOS = [
-    {"aid": "POD0000000001", "seconds": 9.0, "segments": [
-        ("POD0000000001_S0000000", 0.0, 2.5, "AS THEY'RE LEAVING <COMMA> CAN KASH PULL ZAHRA ASIDE <QUESTIONMARK>", _subs(TRAIN)),
-        ("POD0000000001_S0000001", 2.5, 4.0, "<SIL>", _subs(TRAIN)),
-        ("POD0000000001_S0000002", 4.0, 6.0, "THE DOG RAN AWAY <PERIOD>", _subs(TRAIN)),
-        ("POD0000000001_S0000003", 6.0, 8.5, "<NOISE> A LAZY FOX JUMPS <EXCLAMATIONPOINT>", _subs(TRAIN[2:])),  # not in XS
-        ("POD0000000001_S0000004", 8.0, 11.0, "PAST THE END", _subs(TRAIN)),
-        ("POD0000000001_S0000000", 8.5, 9.0, "DUPLICATE ID", _subs(TRAIN)),
-    ]},
-    {"aid": "POD0000000002", "seconds": 6.0, "segments": [
-        ("POD0000000002_S0000000", 0.0, 2.0, "THE QUICK BROWN FOX <PERIOD>", ["DEV"]),
-        ("POD0000000002_S0000001", 2.0, 3.0, "<MUSIC>", ["DEV"]),
-        ("POD0000000002_S0000002", 3.0, 5.5, "HOME AWAY FROM HOME <PERIOD>", ["TEST"]),
-        ("POD0000000002_S0000003", 5.5, 6.0, "<COMMA>", ["TEST"]),
-    ]},
-    {"aid": "POD0000000003", "seconds": 3.0, "segments": [  # its audio file is deleted below
-        ("POD0000000003_S0000000", 0.0, 2.0, "THE LAZY DOG", _subs(TRAIN)),
-    ]},
+    {
+        "aid": "POD0000000001",
+        "seconds": 9.0,
+        "segments": [
+            (
+                "POD0000000001_S0000000",
+                0.0,
+                2.5,
+                "AS THEY'RE LEAVING <COMMA> CAN KASH PULL ZAHRA ASIDE <QUESTIONMARK>",
+                _subs(TRAIN),
+            ),
+            ("POD0000000001_S0000001", 2.5, 4.0, "<SIL>", _subs(TRAIN)),
+            ("POD0000000001_S0000002", 4.0, 6.0, "THE DOG RAN AWAY <PERIOD>", _subs(TRAIN)),
+            (
+                "POD0000000001_S0000003",
+                6.0,
+                8.5,
+                "<NOISE> A LAZY FOX JUMPS <EXCLAMATIONPOINT>",
+                _subs(TRAIN[2:]),
+            ),  # not in XS
+            ("POD0000000001_S0000004", 8.0, 11.0, "PAST THE END", _subs(TRAIN)),
+            ("POD0000000001_S0000000", 8.5, 9.0, "DUPLICATE ID", _subs(TRAIN)),
+        ],
+    },
+    {
+        "aid": "POD0000000002",
+        "seconds": 6.0,
+        "segments": [
+            ("POD0000000002_S0000000", 0.0, 2.0, "THE QUICK BROWN FOX <PERIOD>", ["DEV"]),
+            ("POD0000000002_S0000001", 2.0, 3.0, "<MUSIC>", ["DEV"]),
+            ("POD0000000002_S0000002", 3.0, 5.5, "HOME AWAY FROM HOME <PERIOD>", ["TEST"]),
+            ("POD0000000002_S0000003", 5.5, 6.0, "<COMMA>", ["TEST"]),
+        ],
+    },
+    {
+        "aid": "POD0000000003",
+        "seconds": 3.0,
+        "segments": [  # its audio file is deleted below
+            ("POD0000000003_S0000000", 0.0, 2.0, "THE LAZY DOG", _subs(TRAIN)),
+        ],
+    },
 ]
 
 
@@ -56,7 +81,9 @@ def release(tmp_path_factory) -> Path:
     make_gigaspeech(root / "GigaSpeech", AUDIOS)
     (root / "GigaSpeech/audio/podcast/P0000/POD0000000003.opus").unlink()
     (root / "conf").mkdir()
-    (root / "conf" / "data.yaml").write_text("corpus: gigaspeech\nsplits:\n  train: [XS, M]\n  dev: [DEV]\n  test: [TEST]\n")
+    (root / "conf" / "data.yaml").write_text(
+        "corpus: gigaspeech\nsplits:\n  train: [XS, M]\n  dev: [DEV]\n  test: [TEST]\n"
+    )
     (root / "conf" / "lang.yaml").write_text(
         "text:\n  remove_tags: [<COMMA>, <PERIOD>, <QUESTIONMARK>, <EXCLAMATIONPOINT>]\n"
         "  garbage_tags: [<SIL>, <MUSIC>, <NOISE>, <OTHER>]\n"
@@ -70,7 +97,11 @@ def test_gigaspeech_stages(release, monkeypatch):
     assert prepare_manifests.main(["--config", "conf/data.yaml", "corpus_dir=GigaSpeech", "nj=2"]) == 0
     s0 = json.loads(Path("data/manifests/summary.json").read_text())["splits"]
     assert s0["XS"]["kept"] == 2 and s0["XS"]["dropped_by_reason"] == {
-        R.GARBAGE_ONLY: 1, R.BAD_SEGMENT: 1, R.DUPLICATE_ID: 1, R.MISSING_AUDIO: 1}
+        R.GARBAGE_ONLY: 1,
+        R.BAD_SEGMENT: 1,
+        R.DUPLICATE_ID: 1,
+        R.MISSING_AUDIO: 1,
+    }
     assert any("POD0000000003.opus" in e for e in s0["XS"]["examples"][R.MISSING_AUDIO])
     assert s0["M"]["kept"] == 3
     assert s0["DEV"]["kept"] == 1 and s0["DEV"]["dropped_by_reason"] == {R.GARBAGE_ONLY: 1}
@@ -128,6 +159,7 @@ def test_missing_metadata_is_a_clear_error(tmp_path, monkeypatch, caplog):
 
 # ---------------------------------------------------------------- streamed reader vs json.loads
 
+
 def _reference_reader(corpus_dir: Path, subsets, report: R.PrepReport, nj: int = 1, check="tail"):
     """The stage-0 reader before streaming (one ``json.loads`` of the whole file, all utterances in memory),
     kept verbatim as the oracle of :func:`gigaspeech.write_manifests`."""
@@ -173,9 +205,18 @@ def _reference_reader(corpus_dir: Path, subsets, report: R.PrepReport, nj: int =
                 elif gigaspeech.is_garbage(text):
                     report.drop(s, R.GARBAGE_ONLY, sid, text)
                 else:
-                    per_part[s].append(Utterance(id=sid, recording_id=aid, text=text, speaker=seg.get("speaker"),
-                                                 start=start, end=end, language="English",
-                                                 custom={"orig_text": orig}))
+                    per_part[s].append(
+                        Utterance(
+                            id=sid,
+                            recording_id=aid,
+                            text=text,
+                            speaker=seg.get("speaker"),
+                            start=start,
+                            end=end,
+                            language="English",
+                            custom={"orig_text": orig},
+                        )
+                    )
                     sources[aid] = str(corpus_dir / rel)
     probes = probe_many(sources.items(), nj=nj, check=check)
     out = {}
@@ -187,22 +228,34 @@ def _reference_reader(corpus_dir: Path, subsets, report: R.PrepReport, nj: int =
 
 XL = ["XL"]
 EXTRA = [  # ids that are not "<aid>_S<n>", repeats across recordings, non-ASCII text, a shared file
-    {"aid": "POD0000000004", "seconds": 5.0, "segments": [
-        ("POD0000000004_S0000000", 0.0, 2.0, "CAFÉ NAÏVE ÆON <PERIOD>", XL),
-        ("POD0000000001_S0000002", 2.0, 3.0, "A REGULAR ID OF ANOTHER RECORDING", XL),
-        ("odd-id-1", 3.0, 4.0, "AN IRREGULAR ID", XL + ["L"]),
-        ("POD0000000004_S0000000", 4.0, 4.5, "REPEATED IN ITS RECORDING", XL),
-        ("POD0000000004_S0000001", 4.123456789, 4.987654321, "TIMES BETWEEN SAMPLES", XL + ["S"]),
-        ("POD0000000004_S0000002", 4.2, 4.3, "OVERLAPS THE LAST ONE", ["S"]),
-    ]},
-    {"aid": "POD0000000005", "seconds": 4.0, "segments": [
-        ("odd-id-1", 0.0, 1.0, "THE IRREGULAR ID AGAIN", XL),
-        ("POD0000000005_S0000000", 1.0, 3.0, "FINE", XL + ["DEV"]),
-    ]},
-    {"aid": "POD_0000000006", "seconds": 3.0, "segments": [  # an aid with "_"
-        ("POD_0000000006_S1", 0.0, 1.0, "UNDERSCORE AID", XL),
-        ("POD_0000000006_S1", 1.0, 2.0, "UNDERSCORE AID REPEATED", XL),
-    ]},
+    {
+        "aid": "POD0000000004",
+        "seconds": 5.0,
+        "segments": [
+            ("POD0000000004_S0000000", 0.0, 2.0, "CAFÉ NAÏVE ÆON <PERIOD>", XL),
+            ("POD0000000001_S0000002", 2.0, 3.0, "A REGULAR ID OF ANOTHER RECORDING", XL),
+            ("odd-id-1", 3.0, 4.0, "AN IRREGULAR ID", XL + ["L"]),
+            ("POD0000000004_S0000000", 4.0, 4.5, "REPEATED IN ITS RECORDING", XL),
+            ("POD0000000004_S0000001", 4.123456789, 4.987654321, "TIMES BETWEEN SAMPLES", XL + ["S"]),
+            ("POD0000000004_S0000002", 4.2, 4.3, "OVERLAPS THE LAST ONE", ["S"]),
+        ],
+    },
+    {
+        "aid": "POD0000000005",
+        "seconds": 4.0,
+        "segments": [
+            ("odd-id-1", 0.0, 1.0, "THE IRREGULAR ID AGAIN", XL),
+            ("POD0000000005_S0000000", 1.0, 3.0, "FINE", XL + ["DEV"]),
+        ],
+    },
+    {
+        "aid": "POD_0000000006",
+        "seconds": 3.0,
+        "segments": [  # an aid with "_"
+            ("POD_0000000006_S1", 0.0, 1.0, "UNDERSCORE AID", XL),
+            ("POD_0000000006_S1", 1.0, 2.0, "UNDERSCORE AID REPEATED", XL),
+        ],
+    },
 ]
 
 
@@ -228,9 +281,11 @@ def test_streamed_reader_equals_json_loads_reader(tmp_path):
     assert got == ref
     for part in parts:
         for kind in ("recordings", "supervisions", "cuts"):
-            def lines(d: Path) -> list[str]:  # byte for byte; the order of recordings may differ
+
+            def lines(d: Path, part: str = part, kind: str = kind) -> list[str]:  # byte for byte, any order
                 with gzip.open(d / ref[part][kind], "rt", encoding="utf-8") as f:
                     return sorted(f)
+
             assert lines(tmp_path / "new") == lines(ref_dir), (part, kind)
     assert got["XL"]["num_utterances"] > 5 and got["DEV"]["num_recordings"] == 2
     assert report.to_dict() == ref_report.to_dict()
@@ -240,13 +295,23 @@ def test_streamed_reader_equals_json_loads_reader(tmp_path):
 
 def test_metadata_is_streamed_and_each_file_probed_once(tmp_path, monkeypatch):
     """No json.loads of the metadata; a file shared by many recordings is probed once."""
-    audio = {"aid": "POD0000000001", "seconds": 6.0, "segments": [
-        (f"POD0000000001_S{k:07d}", k * 1.0, k + 0.9, "SOME WORDS", XL) for k in range(5)]}
+    audio = {
+        "aid": "POD0000000001",
+        "seconds": 6.0,
+        "segments": [(f"POD0000000001_S{k:07d}", k * 1.0, k + 0.9, "SOME WORDS", XL) for k in range(5)],
+    }
     root = make_gigaspeech(tmp_path / "GigaSpeech", [audio])
     meta = json.loads((root / "GigaSpeech.json").read_text())
     for n in range(2, 200):
-        meta["audios"].append(dict(meta["audios"][0], aid=f"POD{n:010d}", segments=[
-            dict(g, sid=g["sid"].replace("0000000001", f"{n:010d}")) for g in meta["audios"][0]["segments"]]))
+        meta["audios"].append(
+            dict(
+                meta["audios"][0],
+                aid=f"POD{n:010d}",
+                segments=[
+                    dict(g, sid=g["sid"].replace("0000000001", f"{n:010d}")) for g in meta["audios"][0]["segments"]
+                ],
+            )
+        )
     (root / "GigaSpeech.json").write_text(json.dumps(meta))
     calls: list[str] = []
     real = audio_mod.probe_source
@@ -275,18 +340,41 @@ def test_mono_cut_dicts_equal_lhotse_trim():
     """The fast cut serialisation of stage 0 gives lhotse's trim_to_supervisions + to_dict, byte for byte,
     for times between samples and a segment that ends a fraction of a sample past the audio."""
     rng = np.random.default_rng(0)
-    rec = Recording(id="r", sources=[AudioSource(type="file", channels=[0], source="/a.opus")], sampling_rate=16000,
-                    num_samples=160_003, duration=160_003 / 16000)
+    rec = Recording(
+        id="r",
+        sources=[AudioSource(type="file", channels=[0], source="/a.opus")],
+        sampling_rate=16000,
+        num_samples=160_003,
+        duration=160_003 / 16000,
+    )
     t = np.sort(rng.uniform(0, 9.8, 40))
-    sups = [SupervisionSegment(id=f"r_S{k}", recording_id="r", start=round(float(a), 6), duration=round(float(b - a), 6),
-                               channel=0, text="A B", speaker="N/A", language="English", custom={"orig_text": "A B"})
-            for k, (a, b) in enumerate(zip(t[0::2], t[1::2]))]
-    sups.append(SupervisionSegment(id="r_end", recording_id="r", start=9.9, duration=round(rec.duration - 9.9 + 3e-5, 6),
-                                   channel=0, text="END"))
-    want = [json.dumps(c.to_dict()) for c in cuts_from_manifests(RecordingSet.from_recordings([rec]),
-                                                                 SupervisionSet.from_segments(sups))]
+    sups = [
+        SupervisionSegment(
+            id=f"r_S{k}",
+            recording_id="r",
+            start=round(float(a), 6),
+            duration=round(float(b - a), 6),
+            channel=0,
+            text="A B",
+            speaker="N/A",
+            language="English",
+            custom={"orig_text": "A B"},
+        )
+        for k, (a, b) in enumerate(zip(t[0::2], t[1::2]))
+    ]
+    sups.append(
+        SupervisionSegment(
+            id="r_end", recording_id="r", start=9.9, duration=round(rec.duration - 9.9 + 3e-5, 6), channel=0, text="END"
+        )
+    )
+    want = [
+        json.dumps(c.to_dict())
+        for c in cuts_from_manifests(RecordingSet.from_recordings([rec]), SupervisionSet.from_segments(sups))
+    ]
     got = mono_cut_dicts(rec, rec.to_dict(), sups, [supervision_dict(s) for s in sups])
     assert got is not None and sorted(json.dumps(c) for c in got) == sorted(want)
     assert [supervision_dict(s) for s in sups] == [s.to_dict() for s in sups]
-    overlapping = sups[:2] + [SupervisionSegment(id="o", recording_id="r", start=sups[1].start, duration=0.1, channel=0)]
+    overlapping = sups[:2] + [
+        SupervisionSegment(id="o", recording_id="r", start=sups[1].start, duration=0.1, channel=0)
+    ]
     assert mono_cut_dicts(rec, rec.to_dict(), overlapping, [s.to_dict() for s in overlapping]) is None

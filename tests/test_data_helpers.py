@@ -2,6 +2,7 @@
 
 The builders are imported by the other ``test_data*``/``test_lang*``/``test_sampler*`` files.
 """
+
 from __future__ import annotations
 
 import json
@@ -96,20 +97,35 @@ def make_gigaspeech(root: Path, audios: list[dict]) -> Path:
     for n, a in enumerate(audios):
         rel = f"audio/podcast/P0000/{a['aid']}.opus"
         write_audio(root / rel, a["seconds"], seed=n)
-        entries.append({
-            "aid": a["aid"], "path": rel, "duration": a["seconds"], "format": "opus", "sample_rate": 16000,
-            "source": "podcast", "md5": "0" * 32, "speaker": "N/A",
-            "segments": [
-                {"sid": sid, "speaker": "N/A", "begin_time": b, "end_time": e, "text_tn": t,
-                 "subsets": ["{" + s + "}" for s in subs]}
-                for sid, b, e, t, subs in a["segments"]
-            ],
-        })
+        entries.append(
+            {
+                "aid": a["aid"],
+                "path": rel,
+                "duration": a["seconds"],
+                "format": "opus",
+                "sample_rate": 16000,
+                "source": "podcast",
+                "md5": "0" * 32,
+                "speaker": "N/A",
+                "segments": [
+                    {
+                        "sid": sid,
+                        "speaker": "N/A",
+                        "begin_time": b,
+                        "end_time": e,
+                        "text_tn": t,
+                        "subsets": ["{" + s + "}" for s in subs],
+                    }
+                    for sid, b, e, t, subs in a["segments"]
+                ],
+            }
+        )
     (root / "GigaSpeech.json").write_text(json.dumps({"dataset": "GigaSpeech", "audios": entries}), encoding="utf-8")
     return root
 
 
 # ---------------------------------------------------------------- audio probe tests
+
 
 @pytest.mark.parametrize("suffix", [".wav", ".flac", ".opus"])
 def test_probe_reads_header(tmp_path, suffix):

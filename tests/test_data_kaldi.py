@@ -3,6 +3,7 @@
 A messy corpus is built with one utterance per failure mode; stages 0 and 1 must finish, keep every
 good utterance, and count each bad one under its reason in the printed summary and summary.json.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,11 +14,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 from lhotse import CutSet
+from test_data_helpers import sentence, write_audio
 
 from distill.bin import prepare_lang, prepare_manifests
 from distill.data import Tokenizer, load_cuts, make_dataloader
 from distill.data import report as R
-from test_data_helpers import sentence, write_audio
 
 pytestmark = pytest.mark.skipif(shutil.which("sox") is None, reason="needs sox for the wav.scp pipe entries")
 
@@ -55,42 +56,57 @@ def build_messy_corpus(root: Path) -> dict:
     # a pipe entry, an 8 kHz stereo file, a 30-minute file, a transcript of only punctuation,
     # a too-short file, a file whose transcript cannot fit the CTC frames
     p = write_audio(audio / "pipe.flac", 1.5, seed=50)
-    wav.append(f"spk0-pipe sox {p} -t wav - |"); text.append("spk0-pipe THE DOG RAN"); good["spk0-pipe"] = "THE DOG RAN"
+    wav.append(f"spk0-pipe sox {p} -t wav - |")
+    text.append("spk0-pipe THE DOG RAN")
+    good["spk0-pipe"] = "THE DOG RAN"
     t = np.arange(16000) / 8000
     tone = np.sin(2 * np.pi * 300 * t)
     p = audio / "stereo8k.wav"
     sf.write(p, np.stack([0.8 * tone, 0.4 * tone], axis=1).astype(np.float32), 8000)
-    wav.append(f"spk1-stereo {p}"); text.append("spk1-stereo A LAZY FOX"); good["spk1-stereo"] = "A LAZY FOX"
+    wav.append(f"spk1-stereo {p}")
+    text.append("spk1-stereo A LAZY FOX")
+    good["spk1-stereo"] = "A LAZY FOX"
     long = audio / "long.flac"
     with sf.SoundFile(long, "w", 16000, 1, "PCM_16") as f:
         for _ in range(30):
             f.write(np.zeros(16000 * 60, dtype=np.int16))
-    wav.append(f"spk2-long {long}"); text.append("spk2-long THE END")
+    wav.append(f"spk2-long {long}")
+    text.append("spk2-long THE END")
     p = write_audio(audio / "punct.wav", 1.0, seed=52)
-    wav.append(f"spk0-punct {p}"); text.append("spk0-punct ?! ... , -- '")
+    wav.append(f"spk0-punct {p}")
+    text.append("spk0-punct ?! ... , -- '")
     p = write_audio(audio / "short.wav", 0.3, seed=53)
-    wav.append(f"spk0-short {p}"); text.append("spk0-short A DOG")
+    wav.append(f"spk0-short {p}")
+    text.append("spk0-short A DOG")
     p = write_audio(audio / "nofit.wav", 0.6, seed=54)
-    wav.append(f"spk0-nofit {p}"); text.append("spk0-nofit " + " ".join(["THE QUICK BROWN FOX"] * 6))
+    wav.append(f"spk0-nofit {p}")
+    text.append("spk0-nofit " + " ".join(["THE QUICK BROWN FOX"] * 6))
     # bad audio
-    wav.append(f"spk0-missing {audio / 'does_not_exist.wav'}"); text.append("spk0-missing THE DOG")
+    wav.append(f"spk0-missing {audio / 'does_not_exist.wav'}")
+    text.append("spk0-missing THE DOG")
     (audio / "zero.wav").write_bytes(b"")
-    wav.append(f"spk0-zero {audio / 'zero.wav'}"); text.append("spk0-zero THE DOG")
+    wav.append(f"spk0-zero {audio / 'zero.wav'}")
+    text.append("spk0-zero THE DOG")
     (audio / "notaudio.wav").write_text("<html>certainly not audio</html>\n" * 20)
-    wav.append(f"spk0-notaudio {audio / 'notaudio.wav'}"); text.append("spk0-notaudio THE DOG")
+    wav.append(f"spk0-notaudio {audio / 'notaudio.wav'}")
+    text.append("spk0-notaudio THE DOG")
     p = write_audio(audio / "trunc.flac", 3.0, seed=55)
     p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
-    wav.append(f"spk0-trunc {p}"); text.append("spk0-trunc THE DOG")
-    wav.append("spk0-badpipe false |"); text.append("spk0-badpipe THE DOG")
+    wav.append(f"spk0-trunc {p}")
+    text.append("spk0-trunc THE DOG")
+    wav.append("spk0-badpipe false |")
+    text.append("spk0-badpipe THE DOG")
     # bad text / ids
     p = write_audio(audio / "empty.wav", 1.0, seed=56)
-    wav.append(f"spk0-empty {p}"); text.append("spk0-empty")
-    text.append("spk0-onlytext THE DOG")                     # no wav.scp entry
+    wav.append(f"spk0-empty {p}")
+    text.append("spk0-empty")
+    text.append("spk0-onlytext THE DOG")  # no wav.scp entry
     p = write_audio(audio / "onlywav.wav", 1.0, seed=57)
-    wav.append(f"spk0-onlywav {p}")                          # no transcript
-    text.append("spk0-good00 A DIFFERENT TRANSCRIPT")      # duplicate id: the first line wins
+    wav.append(f"spk0-onlywav {p}")  # no transcript
+    text.append("spk0-good00 A DIFFERENT TRANSCRIPT")  # duplicate id: the first line wins
     p = write_audio(audio / "latin1.wav", 1.0, seed=58)
-    wav.append(f"spk0-latin1 {p}"); text.append(b"spk0-latin1 CAF\xe9 AU LAIT")
+    wav.append(f"spk0-latin1 {p}")
+    text.append(b"spk0-latin1 CAF\xe9 AU LAIT")
     d = root / "train"
     d.mkdir(parents=True)
     _write(d / "wav.scp", wav)
@@ -119,8 +135,16 @@ def build_messy_corpus(root: Path) -> dict:
 
 
 EXPECTED_STAGE0_TRAIN = {
-    R.MISSING_AUDIO: 1, R.EMPTY_FILE: 1, R.UNREADABLE_AUDIO: 1, R.TRUNCATED_AUDIO: 1, R.AUDIO_CMD_FAILED: 1,
-    R.EMPTY_TRANSCRIPT: 1, R.NO_AUDIO_ENTRY: 1, R.NO_TRANSCRIPT: 1, R.DUPLICATE_ID: 1, R.NOT_UTF8: 1,
+    R.MISSING_AUDIO: 1,
+    R.EMPTY_FILE: 1,
+    R.UNREADABLE_AUDIO: 1,
+    R.TRUNCATED_AUDIO: 1,
+    R.AUDIO_CMD_FAILED: 1,
+    R.EMPTY_TRANSCRIPT: 1,
+    R.NO_AUDIO_ENTRY: 1,
+    R.NO_TRANSCRIPT: 1,
+    R.DUPLICATE_ID: 1,
+    R.NOT_UTF8: 1,
 }
 
 
@@ -168,7 +192,10 @@ def test_messy_corpus(messy, monkeypatch, caplog, tok):
     assert prepare_lang.main(["--config", "conf/lang.yaml"]) == 0
     s1 = json.loads(Path("data/lang/summary.json").read_text())["splits"]
     assert s1["train"]["dropped_by_reason"] == {
-        R.TOO_LONG: 1, R.TOO_SHORT: 1, R.EMPTY_AFTER_NORM: 1, R.CTC_NO_FIT: 1,
+        R.TOO_LONG: 1,
+        R.TOO_SHORT: 1,
+        R.EMPTY_AFTER_NORM: 1,
+        R.CTC_NO_FIT: 1,
     }
     assert s1["train"]["kept"] == 14
     assert R.CTC_NO_FIT in caplog.text and "kept 14, dropped 4" in caplog.text

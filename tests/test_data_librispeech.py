@@ -1,5 +1,6 @@
 """Stage 0 + 1 on LibriSpeech trees: lhotse's own recipe as the oracle, the real LibriVox clips of
 pocketsphinx-testdata, both directory layouts, and the exact command lines the recipes run."""
+
 from __future__ import annotations
 
 import json
@@ -12,10 +13,10 @@ import pytest
 import soundfile as sf
 import yaml
 from lhotse import CutSet, RecordingSet, SupervisionSet
+from test_data_helpers import make_librispeech
 
 from distill.bin import prepare_lang, prepare_manifests
 from distill.data import Tokenizer, load_cuts, make_dataloader
-from test_data_helpers import make_librispeech
 
 REPO = Path(__file__).resolve().parents[1]
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
@@ -48,25 +49,56 @@ def _recipe(tmp_path: Path, data_yaml: str = DATA_YAML, lang_yaml: str = LANG_YA
 
 def test_cli_stage0_stage1_end_to_end(tmp_path):
     """The exact commands of run.sh stages 0 and 1, as subprocesses, from the recipe dir."""
-    truth = make_librispeech(tmp_path / "corpus", {"train-clean-100": 12, "dev-clean": 4, "test-clean": 3, "test-other": 3})
+    truth = make_librispeech(
+        tmp_path / "corpus", {"train-clean-100": 12, "dev-clean": 4, "test-clean": 3, "test-other": 3}
+    )
     rd = _recipe(tmp_path)
     env_py = sys.executable
     r0 = subprocess.run(
-        [env_py, "-m", "distill.bin.prepare_manifests", "--config", "conf/data.yaml",
-         f"corpus_dir={tmp_path / 'corpus'}", "out_dir=data/manifests", "nj=2"],
-        cwd=rd, capture_output=True, text=True,
+        [
+            env_py,
+            "-m",
+            "distill.bin.prepare_manifests",
+            "--config",
+            "conf/data.yaml",
+            f"corpus_dir={tmp_path / 'corpus'}",
+            "out_dir=data/manifests",
+            "nj=2",
+        ],
+        cwd=rd,
+        capture_output=True,
+        text=True,
     )
     assert r0.returncode == 0, r0.stderr
     assert "train-clean-100: kept 12, dropped 0" in r0.stderr
     r1 = subprocess.run(
-        [env_py, "-m", "distill.bin.prepare_lang", "--config", "conf/lang.yaml",
-         "manifest_dir=data/manifests", "lang_dir=data/lang"],
-        cwd=rd, capture_output=True, text=True,
+        [
+            env_py,
+            "-m",
+            "distill.bin.prepare_lang",
+            "--config",
+            "conf/lang.yaml",
+            "manifest_dir=data/manifests",
+            "lang_dir=data/lang",
+        ],
+        cwd=rd,
+        capture_output=True,
+        text=True,
     )
     assert r1.returncode == 0, r1.stderr
     lang = rd / "data" / "lang"
-    for f in ("tokens.txt", "words.txt", "lexicon.txt", "bpe.model", "train_token_ids.txt", "train_text.txt",
-              "cuts.yaml", "summary.json", "cuts_train.jsonl.gz", "cuts_dev.jsonl.gz"):
+    for f in (
+        "tokens.txt",
+        "words.txt",
+        "lexicon.txt",
+        "bpe.model",
+        "train_token_ids.txt",
+        "train_text.txt",
+        "cuts.yaml",
+        "summary.json",
+        "cuts_train.jsonl.gz",
+        "cuts_dev.jsonl.gz",
+    ):
         assert (lang / f).is_file(), f
     idx = yaml.safe_load((rd / "data/manifests/splits.yaml").read_text())
     assert idx["splits"]["test"] == ["test-clean", "test-other"]
@@ -121,11 +153,11 @@ def test_bad_librispeech_entries_are_counted(tmp_path, monkeypatch):
     chap = tmp_path / "corpus" / "LibriSpeech" / "train-clean-100" / "19" / "100"
     trans = chap / "19-100.trans.txt"
     lines = trans.read_bytes().splitlines()
-    (chap / "19-100-0001.flac").unlink()                      # missing audio
-    (chap / "19-100-0002.flac").write_bytes(b"not a flac")    # unreadable audio
-    lines[3] = b"19-100-0003"                                 # empty transcript
-    lines.append(lines[0].split()[0] + b" ANOTHER TEXT")      # duplicate id
-    lines.append(b"19-100-0004 CAF\xe9")                      # not UTF-8 (the first 0004 line stays)
+    (chap / "19-100-0001.flac").unlink()  # missing audio
+    (chap / "19-100-0002.flac").write_bytes(b"not a flac")  # unreadable audio
+    lines[3] = b"19-100-0003"  # empty transcript
+    lines.append(lines[0].split()[0] + b" ANOTHER TEXT")  # duplicate id
+    lines.append(b"19-100-0004 CAF\xe9")  # not UTF-8 (the first 0004 line stays)
     trans.write_bytes(b"\n".join(lines) + b"\n")
     (chap / "19-100-0099.flac").write_bytes((chap / "19-100-0000.flac").read_bytes())  # no transcript
     monkeypatch.chdir(_recipe(tmp_path, "corpus: librispeech\nsplits:\n  train: [train-clean-100]\n"))
@@ -134,7 +166,11 @@ def test_bad_librispeech_entries_are_counted(tmp_path, monkeypatch):
     from distill.data import report as R
 
     assert s["dropped_by_reason"] == {
-        R.MISSING_AUDIO: 1, R.UNREADABLE_AUDIO: 1, R.EMPTY_TRANSCRIPT: 1, R.DUPLICATE_ID: 1, R.NOT_UTF8: 1,
+        R.MISSING_AUDIO: 1,
+        R.UNREADABLE_AUDIO: 1,
+        R.EMPTY_TRANSCRIPT: 1,
+        R.DUPLICATE_ID: 1,
+        R.NOT_UTF8: 1,
         R.NO_TRANSCRIPT: 1,
     }
     assert s["kept"] == 3
@@ -169,13 +205,18 @@ def test_real_librivox_clips(tmp_path, monkeypatch):
         want[uid] = (len(samples), text, samples.astype(np.float32) / 32768)
     (chap / "1263-141.trans.txt").write_text("\n".join(lines) + "\n")
     assert len(want) == 5
-    monkeypatch.chdir(_recipe(
-        tmp_path, "corpus: librispeech\nsplits:\n  train: [train-clean-100]\n",
-        "tokenizer:\n  type: char\nfilter:\n  max_duration: 20.0\n",
-    ))
+    monkeypatch.chdir(
+        _recipe(
+            tmp_path,
+            "corpus: librispeech\nsplits:\n  train: [train-clean-100]\n",
+            "tokenizer:\n  type: char\nfilter:\n  max_duration: 20.0\n",
+        )
+    )
     assert prepare_manifests.main(["--config", "conf/data.yaml", f"corpus_dir={tmp_path / 'corpus'}"]) == 0
     recs = {r.id: r for r in RecordingSet.from_file("data/manifests/librispeech_recordings_train-clean-100.jsonl.gz")}
-    sups = {s.id: s for s in SupervisionSet.from_file("data/manifests/librispeech_supervisions_train-clean-100.jsonl.gz")}
+    sups = {
+        s.id: s for s in SupervisionSet.from_file("data/manifests/librispeech_supervisions_train-clean-100.jsonl.gz")
+    }
     assert set(recs) == set(want)
     for uid, (n, text, _) in want.items():
         assert recs[uid].num_samples == n and recs[uid].duration == pytest.approx(n / 16000)

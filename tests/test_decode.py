@@ -1,5 +1,6 @@
 """Decoding tests: greedy vs a NumPy reference, WFST one-best vs brute-force Viterbi, HLG decoding of
 spelled word sequences, the LM's effect, streaming = non-streaming, options and error handling."""
+
 from __future__ import annotations
 
 import itertools
@@ -12,8 +13,17 @@ import pytest
 import torch
 
 from distill.data.tokenizer import build_char_tokenizer, write_lang_files
-from distill.decode.graph import (GraphError, GraphInfo, add_disambig, build_hlg, build_token_graph, load_graph,
-                                  read_lexicon, read_symbol_table, save_graph)
+from distill.decode.graph import (
+    GraphError,
+    GraphInfo,
+    add_disambig,
+    build_hlg,
+    build_token_graph,
+    load_graph,
+    read_lexicon,
+    read_symbol_table,
+    save_graph,
+)
 from distill.decode.greedy import GreedyStream, collapse, ctc_greedy
 from distill.decode.streaming import stream_decode, summarize_latencies
 from distill.decode.wfst import WfstDecoder, WfstOptions
@@ -110,7 +120,7 @@ def test_collapse_and_greedy_stream_equal_full():
     for chunk in (1, 2, 5, 24, 200):
         gs = GreedyStream()
         for i in range(0, 97, chunk):
-            gs.accept(scores[i:i + chunk])
+            gs.accept(scores[i : i + chunk])
         assert gs.tokens == full, chunk
         best = scores.argmax(-1).tolist()
         # each token's frame is the first frame of its run
@@ -303,12 +313,12 @@ class FakeRecognizer:
         self.samples += len(x)
         ready = max(0, (self.samples - 400) // 320 + 1)
         end = min(len(self.scores), (ready // self.chunk) * self.chunk)
-        out = self.scores[self.done:end]
+        out = self.scores[self.done : end]
         self.done = max(self.done, end)
         return out
 
     def finalize(self) -> torch.Tensor:
-        out = self.scores[self.done:]
+        out = self.scores[self.done :]
         self.done = len(self.scores)
         return out
 
@@ -352,7 +362,7 @@ def test_wfst_stream_partial_results_grow(hlg):
     m = spell(tok, "THE CAT SAT ON THE MAT")
     st = dec.stream()
     for i in range(0, len(m), 10):
-        st.accept(m[i:i + 10])
+        st.accept(m[i : i + 10])
         assert st.frames == min(len(m), i + 10)
     assert dec.symbols_to_words(st.finalize().symbols) == "THE CAT SAT ON THE MAT".split()
     with pytest.raises(ValueError, match="built for"):
@@ -375,7 +385,8 @@ def test_build_decode_graph_with_user_arpa_extends_lexicon(tmp_path, capsys):
     # a user LM with words the lang dir has never seen: DOT is spellable with its tokens, MUZZLE is not
     vocab = [w for w in words if w not in ("<eps>", "#0", "<s>", "</s>")] + ["DOT", "MUZZLE"]
     estimate_ngram([t.split() for t in TEXTS] + [["THE", "DOT"], ["A", "MUZZLE"]], order=3, vocab=vocab).write_arpa(
-        tmp_path / "user.arpa")
+        tmp_path / "user.arpa"
+    )
     out = tmp_path / "lang_test"
     rc = build_decode_graph.main([f"lang_dir={lang}", f"out_dir={out}", f"lm_arpa={tmp_path / 'user.arpa'}"])
     assert rc == 0

@@ -1,4 +1,5 @@
 """RESULTS.md / results.json / plots from fake per-model results."""
+
 from __future__ import annotations
 
 import json
@@ -8,12 +9,30 @@ import pytest
 from distill.decode.report import plot_training_curves, read_train_log, results_markdown, write_results
 
 MODELS = [
-    {"name": "teacher", "params": 317.4e6, "size_mb": 1211.0, "rtf": 0.40, "latency_ms": None,
-     "wer": {"test-clean": 4.0, "test-other": 10.0}},
-    {"name": "student-stream-480", "params": 26.9e6, "size_mb": 101.0, "rtf": 0.05, "latency_ms": 480,
-     "wer": {"test-clean": 4.6, "test-other": 11.0}},
-    {"name": "student-stream-960", "params": 26.9e6, "size_mb": 101.0, "rtf": 0.05, "latency_ms": 960,
-     "wer": {"test-clean": 4.4}},
+    {
+        "name": "teacher",
+        "params": 317.4e6,
+        "size_mb": 1211.0,
+        "rtf": 0.40,
+        "latency_ms": None,
+        "wer": {"test-clean": 4.0, "test-other": 10.0},
+    },
+    {
+        "name": "student-stream-480",
+        "params": 26.9e6,
+        "size_mb": 101.0,
+        "rtf": 0.05,
+        "latency_ms": 480,
+        "wer": {"test-clean": 4.6, "test-other": 11.0},
+    },
+    {
+        "name": "student-stream-960",
+        "params": 26.9e6,
+        "size_mb": 101.0,
+        "rtf": 0.05,
+        "latency_ms": 960,
+        "wer": {"test-clean": 4.4},
+    },
 ]
 
 
@@ -39,8 +58,16 @@ def test_markdown_tables_and_relative_degradation():
 
 def test_write_results_files_and_plots(tmp_path):
     log = tmp_path / "train_log.jsonl"
-    log.write_text("\n".join([json.dumps({"step": s, "loss": 10 / (s + 1), **({"dev_wer": 50 - s} if s % 5 == 0 else {})})
-                              for s in range(20)] + ["not json", '{"loss": 1}']) + "\n")
+    log.write_text(
+        "\n".join(
+            [
+                json.dumps({"step": s, "loss": 10 / (s + 1), **({"dev_wer": 50 - s} if s % 5 == 0 else {})})
+                for s in range(20)
+            ]
+            + ["not json", '{"loss": 1}']
+        )
+        + "\n"
+    )
     paths = write_results(MODELS, tmp_path / "out", teacher="teacher", train_logs={"stage1": log})
     data = json.loads(paths["json"].read_text())
     assert [m["name"] for m in data] == [m["name"] for m in MODELS]

@@ -4,6 +4,7 @@ The corpus is generated twice through the command line (in two directories, with
 checked with independent readers: Kaldi conventions, LibriSpeech tree, GigaSpeech JSON + opus audio,
 audio format, honest splits, determinism and the skip of a complete output.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -88,8 +89,9 @@ def test_sentence_pool_is_large_clean_and_normalised():
 def test_transcript_and_gigaspeech_text():
     s = "Well, Mister Knightley's opinion is this; it will never do!"
     assert mdc.transcript(s) == "WELL MISTER KNIGHTLEY'S OPINION IS THIS IT WILL NEVER DO"
-    assert mdc.gigaspeech_text(s) == ("WELL <COMMA> MISTER KNIGHTLEY'S OPINION IS THIS IT WILL NEVER DO "
-                                      "<EXCLAMATIONPOINT>")
+    assert mdc.gigaspeech_text(s) == (
+        "WELL <COMMA> MISTER KNIGHTLEY'S OPINION IS THIS IT WILL NEVER DO <EXCLAMATIONPOINT>"
+    )
     assert mdc.gigaspeech_text("Is it so? Yes.") == "IS IT SO <QUESTIONMARK> YES <PERIOD>"
 
 
@@ -102,8 +104,7 @@ def test_bad_sentence_file_names_the_line(tmp_path):
 
 def test_select_sentences_is_disjoint_and_covered():
     pool = mdc.load_sentences(mdc.DEFAULT_SENTENCES)
-    sel = mdc.select_sentences(pool, seed=3, train_hours=0.2, train_utts=None, dev_utts=40, test_utts=40,
-                               max_oov=0)
+    sel = mdc.select_sentences(pool, seed=3, train_hours=0.2, train_utts=None, dev_utts=40, test_utts=40, max_oov=0)
     train_words = {w for s in sel["train"] for w in mdc.transcript(s).split()}
     assert not set(sel["train"]) & set(sel["test"]) and not set(sel["train"]) & set(sel["dev"])
     assert not set(sel["dev"]) & set(sel["test"])
@@ -113,8 +114,10 @@ def test_select_sentences_is_disjoint_and_covered():
     est = sum(mdc.estimated_seconds(s) for s in sel["train"])
     assert 0.2 * 3600 <= est < 0.2 * 3600 + 15
     sel1 = mdc.select_sentences(pool, 3, None, 50, 10, 10, max_oov=2)
-    oov = [sum(w not in {x for t in sel1["train"] for x in mdc.transcript(t).split()}
-               for w in mdc.transcript(s).split()) for s in sel1["test"]]
+    oov = [
+        sum(w not in {x for t in sel1["train"] for x in mdc.transcript(t).split()} for w in mdc.transcript(s).split())
+        for s in sel1["test"]
+    ]
     assert max(oov) <= 2
     with pytest.raises(mdc.CorpusError, match="test sentences"):
         mdc.select_sentences(pool, 3, None, 5, 10, 5000, max_oov=0)
@@ -126,7 +129,7 @@ def test_split_at_breaks_on_a_synthetic_stream():
 
     def speech(sec):  # loud bursts with a short (0.3 s) sentence-internal pause
         x = (3000 * rng.standard_normal(int(sec * sr))).astype(np.int16)
-        x[int(0.4 * sr):int(0.7 * sr)] = rng.integers(-1, 2, int(0.3 * sr))
+        x[int(0.4 * sr) : int(0.7 * sr)] = rng.integers(-1, 2, int(0.3 * sr))
         return x
 
     silence = lambda sec: rng.integers(-1, 2, int(sec * sr)).astype(np.int16)  # noqa: E731
@@ -136,14 +139,16 @@ def test_split_at_breaks_on_a_synthetic_stream():
     assert pieces is not None
     for piece, d in zip(pieces, lengths):
         assert abs(len(piece) / sr - (d + 0.5)) <= 0.02  # the speech plus 0.25 s on each side
-        assert np.abs(piece[: int(0.2 * sr)]).max() <= 1 and np.abs(piece[-int(0.2 * sr):]).max() <= 1
+        assert np.abs(piece[: int(0.2 * sr)]).max() <= 1 and np.abs(piece[-int(0.2 * sr) :]).max() <= 1
     assert mdc.split_at_breaks(stream, 4) is None and mdc.split_at_breaks(stream, 2) is None
 
 
 def test_espeak_falls_back_to_one_call_per_sentence(tmp_path, monkeypatch):
     spk = mdc.Speaker("1001", "train", "espeak-ng", "en-us", "m3", 50, 170)
-    utts = [mdc.Utterance(f"1001-10010-000{i}", "train", spk, s)
-            for i, s in enumerate(["I do not know.", "She was the youngest of the two daughters."])]
+    utts = [
+        mdc.Utterance(f"1001-10010-000{i}", "train", spk, s)
+        for i, s in enumerate(["I do not know.", "She was the youngest of the two daughters."])
+    ]
     (tmp_path / "train" / "1001").mkdir(parents=True)
     monkeypatch.setattr(mdc, "split_at_breaks", lambda x, n, **kw: None)
     mdc.synth_espeak(utts, tmp_path)
@@ -152,8 +157,12 @@ def test_espeak_falls_back_to_one_call_per_sentence(tmp_path, monkeypatch):
 
 
 def test_bad_layout_is_a_clear_error(tmp_path):
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path), "--size", "tiny",
-                           "--layouts", "kaldi,timit"], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--out", str(tmp_path), "--size", "tiny", "--layouts", "kaldi,timit"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 1 and "timit" in proc.stderr
 
 
@@ -222,8 +231,24 @@ def test_gigaspeech_release_matches_kaldi(corpora):
     root = corpora[0]
     meta = json.loads((root / "GigaSpeech" / "GigaSpeech.json").read_text())
     assert meta["dataset"] == "GigaSpeech" and meta["language"] == "EN"
-    audio_keys = {"title", "url", "path", "aid", "source", "format", "sample_rate", "codec", "channels", "md5",
-                  "duration", "size", "speaker", "category", "subsets", "segments"}
+    audio_keys = {
+        "title",
+        "url",
+        "path",
+        "aid",
+        "source",
+        "format",
+        "sample_rate",
+        "codec",
+        "channels",
+        "md5",
+        "duration",
+        "size",
+        "speaker",
+        "category",
+        "subsets",
+        "segments",
+    }
     seg_keys = {"sid", "speaker", "begin_time", "end_time", "text_raw", "text_tn", "subsets"}
     utt_of = {r[3]: (r[0], r[1]) for r in _tsv(root / "utterances.tsv")}
     kaldi = {s: _kv(root / "kaldi" / s / "text") for s in SPLITS}
@@ -255,7 +280,7 @@ def test_gigaspeech_release_matches_kaldi(corpora):
             ref, _ = sf.read(wavs[split][utt], dtype="float32")
             begin = round(seg["begin_time"] * sr)
             assert seg["end_time"] - seg["begin_time"] >= len(ref) / sr - 1e-6
-            corr = np.corrcoef(x[begin:begin + len(ref)], ref)[0, 1]
+            corr = np.corrcoef(x[begin : begin + len(ref)], ref)[0, 1]
             assert corr > 0.95, f"{seg['sid']}: opus audio does not match {utt} (corr {corr:.3f})"
             seen.add(utt)
     assert seen == {u for s in SPLITS for u in kaldi[s]}
@@ -265,7 +290,10 @@ def test_gigaspeech_release_matches_kaldi(corpora):
 def test_splits_are_honest(corpora):
     root = corpora[0]
     spk = _speakers(root)
-    setting = lambda r: (r["engine"], r["voice"], r["variant"], r["pitch"], r["rate"])
+
+    def setting(r: dict) -> tuple:
+        return (r["engine"], r["voice"], r["variant"], r["pitch"], r["rate"])
+
     by_split = {s: [r for r in spk.values() if r["split"] == s] for s in SPLITS}
     for s in SPLITS:  # the speakers really used by each split's data
         used = {v for v in _kv(root / "kaldi" / s / "utt2spk").values()}
@@ -341,6 +369,9 @@ def test_splits_option_gives_the_same_test_split(corpora, tmp_path):
     summary = json.loads((only / "summary.json").read_text())
     assert list(summary["splits"]) == ["test"] and summary["test_oov_rate"] == 0.0
     assert "test" in proc.stdout and "train" not in proc.stdout.split("test OOV")[0].split("\n", 1)[1]
-    bad = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path / "bad"), "--splits", "tset"],
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, str(SCRIPT), "--out", str(tmp_path / "bad"), "--splits", "tset"],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 1 and "unknown split" in bad.stderr

@@ -3,6 +3,7 @@ default recipe imports, whose card states the greedy test WER it was shipped wit
 
 The test synthesises the demo corpus's test split (unseen voices and sentences; ``--splits test`` makes
 exactly the split of the default corpus) and re-measures that WER through the transcribe CLI."""
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,16 @@ def card() -> dict:
 def test_shipped_teacher_is_a_small_hf_directory(card):
     from distill.models import load_pretrained
 
-    for f in ("config.json", "model.safetensors", "tokens.txt", "card.json", "README.md",
-              "train.yaml", "train_log.jsonl", "train.log"):
+    for f in (
+        "config.json",
+        "model.safetensors",
+        "tokens.txt",
+        "card.json",
+        "README.md",
+        "train.yaml",
+        "train_log.jsonl",
+        "train.log",
+    ):
         assert (TEACHER / f).is_file(), f"demo teacher lacks {f}"
     size_mb = (TEACHER / "model.safetensors").stat().st_size / 2**20
     assert size_mb <= 15.0 and abs(size_mb - card["size_mb"]) < 0.01
@@ -51,12 +60,27 @@ def test_default_recipe_imports_the_shipped_teacher():
 @pytest.mark.slow
 def test_shipped_teacher_wer_matches_its_card(card, tmp_path):
     """Greedy WER on the regenerated demo test set within 2 absolute points of the card's value."""
-    from distill.bin.package_model import greedy_test_wer
+    from distill.models.package import greedy_test_wer
 
     out = tmp_path / "demo"
-    proc = subprocess.run([sys.executable, str(REPO / "local" / "make_demo_corpus.py"), "--out", str(out),
-                           "--size", "default", "--seed", "0", "--splits", "test", "--nj", "2"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "local" / "make_demo_corpus.py"),
+            "--out",
+            str(out),
+            "--size",
+            "default",
+            "--seed",
+            "0",
+            "--splits",
+            "test",
+            "--nj",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     test = out / "kaldi" / "test"
     got = greedy_test_wer(TEACHER, test)

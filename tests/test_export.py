@@ -1,4 +1,5 @@
 """Deployment forms: ONNX (full and streaming chunk step) equal torch; dynamic int8 in torch and ONNX."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -6,6 +7,8 @@ import pytest
 import torch
 
 pytest.importorskip("onnxruntime")
+
+from model_fixtures import tiny  # noqa: E402
 
 from distill.models import build_model  # noqa: E402
 from distill.models.export import (  # noqa: E402
@@ -18,14 +21,18 @@ from distill.models.export import (  # noqa: E402
     run_onnx,
 )
 from distill.models.streaming import StreamingRecognizer, StreamingStep, compute_fbank_knf  # noqa: E402
-from model_fixtures import tiny  # noqa: E402
 
 
 @pytest.mark.parametrize(
     "kw",
-    [dict(), dict(feat_extract_norm="group", conv_bias=False, do_stable_layer_norm=False), dict(frontend="fbank"),
-     dict(wave_norm="utterance"), dict(wave_norm="fixed", wave_mean=0.01, wave_std=0.2),
-     dict(wave_norm="running", wave_mean=0.01, wave_std=0.2)],
+    [
+        dict(),
+        dict(feat_extract_norm="group", conv_bias=False, do_stable_layer_norm=False),
+        dict(frontend="fbank"),
+        dict(wave_norm="utterance"),
+        dict(wave_norm="fixed", wave_mean=0.01, wave_std=0.2),
+        dict(wave_norm="running", wave_mean=0.01, wave_std=0.2),
+    ],
 )
 def test_onnx_full_utterance_equals_torch(tmp_path, kw):
     torch.manual_seed(0)
@@ -37,7 +44,9 @@ def test_onnx_full_utterance_equals_torch(tmp_path, kw):
     lengths = torch.tensor([13000, 9000, 300])  # different size than the export example; one empty
     with torch.no_grad():
         if m.config.frontend == "fbank":
-            fb = torch.nn.utils.rnn.pad_sequence([compute_fbank_knf(w[:n]) for w, n in zip(wave, lengths)], batch_first=True)
+            fb = torch.nn.utils.rnn.pad_sequence(
+                [compute_fbank_knf(w[:n]) for w, n in zip(wave, lengths)], batch_first=True
+            )
             fl = torch.tensor([(int(n) - 400) // 160 + 1 if n >= 400 else 0 for n in lengths])
             ref = m.forward_fbank(fb, fl)
             got = run_onnx(sess, fb, fl)
@@ -49,10 +58,17 @@ def test_onnx_full_utterance_equals_torch(tmp_path, kw):
         assert (got[0][i, :n] - ref.scores[i, :n]).abs().max().item() <= 1e-4
 
 
-@pytest.mark.parametrize("frontend,left,kw", [("cnn", None, {}), ("cnn", 2, {}), ("fbank", 1, {}),
-                                              ("cnn", 2, dict(wave_norm="fixed", wave_mean=0.01, wave_std=0.2)),
-                                              ("cnn", None, dict(wave_norm="running", wave_std=0.3)),
-                                              ("cnn", 1, dict(conv_dim=(8, 8, 16, 16, 16, 16, 16)))])
+@pytest.mark.parametrize(
+    "frontend,left,kw",
+    [
+        ("cnn", None, {}),
+        ("cnn", 2, {}),
+        ("fbank", 1, {}),
+        ("cnn", 2, dict(wave_norm="fixed", wave_mean=0.01, wave_std=0.2)),
+        ("cnn", None, dict(wave_norm="running", wave_std=0.3)),
+        ("cnn", 1, dict(conv_dim=(8, 8, 16, 16, 16, 16, 16))),
+    ],
+)
 def test_onnx_streaming_step_equals_torch(tmp_path, frontend, left, kw):
     torch.manual_seed(0)
     m = build_model(tiny(frontend=frontend, **kw), 7).eval()

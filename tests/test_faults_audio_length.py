@@ -8,6 +8,7 @@
   windows (same text as a whole-file decode; frame-exact scores where the receptive field fits the
   window's context), a streaming model streamed with a bounded key/value cache.
 """
+
 from __future__ import annotations
 
 import ast
@@ -80,8 +81,9 @@ def test_short_audio_in_transcribe(env, capsys, tmp_path, kind):
         lines.append(f"u{i} {p}\n")
     scp = tmp_path / "wav.scp"
     scp.write_text("".join(lines))
-    runs = [["--batch-size", 1], ["--batch-size", 4]] + ([["--streaming", "--chunk-frames", CHUNK]]
-                                                        if kind == "streaming" else [])
+    runs = [["--batch-size", 1], ["--batch-size", 4]] + (
+        [["--streaming", "--chunk-frames", CHUNK]] if kind == "streaming" else []
+    )
     for extra in runs:
         rc, out, err = _transcribe(capsys, "--model", models[kind], "--lang-dir", lang, "--wav-scp", scp, *extra)
         assert rc == 0, (extra, err)
@@ -124,8 +126,10 @@ def stage6(env):
     wav = root / "wav"
     wav.mkdir()
     index = {"test": {}}
-    parts = {"short": [("s-0", 1.0), ("s-1", 1.2), ("s-2", 0.9), ("s-3", 0.001), ("s-4", 0.001)],
-             "long": [("l-0", 7.0), ("l-1", 1.0)]}
+    parts = {
+        "short": [("s-0", 1.0), ("s-1", 1.2), ("s-2", 0.9), ("s-3", 0.001), ("s-4", 0.001)],
+        "long": [("l-0", 7.0), ("l-1", 1.0)],
+    }
     for part, utts in parts.items():
         cuts = []
         for i, (uid, dur) in enumerate(utts):
@@ -145,10 +149,22 @@ def stage6(env):
 
 def _decode(stage6, tmp: Path, rows: list[dict], test_set: str, **kw) -> dict[str, dict]:
     root, lang, models = stage6
-    cfg = {"lang_dir": str(lang), "graph_dir": str(root / "lang_test"), "exp_root": str(tmp / "exp"),
-           "out_dir": str(tmp / "exp" / "decode"), "methods": ["greedy", "hp"], "primary_method": "greedy",
-           "beam": 8.0, "max_active": 200, "scoring_mode": "levenshtein", "speed_max_utts": 2, "piece_ms": 100.0,
-           "test_sets": [test_set], "models": rows, **kw}
+    cfg = {
+        "lang_dir": str(lang),
+        "graph_dir": str(root / "lang_test"),
+        "exp_root": str(tmp / "exp"),
+        "out_dir": str(tmp / "exp" / "decode"),
+        "methods": ["greedy", "hp"],
+        "primary_method": "greedy",
+        "beam": 8.0,
+        "max_active": 200,
+        "scoring_mode": "levenshtein",
+        "speed_max_utts": 2,
+        "piece_ms": 100.0,
+        "test_sets": [test_set],
+        "models": rows,
+        **kw,
+    }
     tmp.mkdir(parents=True, exist_ok=True)
     conf = tmp / "decode.yaml"
     conf.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -171,10 +187,12 @@ def test_short_segments_in_stage6(stage6, tmp_path):
     """Two 1 ms segments (a batch of their own with max_batch_size 2): every row and form is evaluated,
     their hypotheses are empty, they are listed; RESULTS.md is written."""
     root, lang, models = stage6
-    rows = [{"name": "student", "path": str(models["offline"])},
-            {"name": "streaming", "path": str(models["streaming"])},
-            {"name": "streaming-int8", "path": str(models["streaming"]), "form": "int8"},
-            {"name": "streaming-onnx", "path": str(models["streaming"]), "form": "onnx"}]
+    rows = [
+        {"name": "student", "path": str(models["offline"])},
+        {"name": "streaming", "path": str(models["streaming"])},
+        {"name": "streaming-int8", "path": str(models["streaming"]), "form": "int8"},
+        {"name": "streaming-onnx", "path": str(models["streaming"]), "form": "onnx"},
+    ]
     by = _decode(stage6, tmp_path, rows, "short", max_batch_size=2)
     assert list(by) == ["student", "streaming", "streaming-int8", "streaming-onnx"]
     for name, r in by.items():
@@ -199,11 +217,14 @@ def test_long_recording_in_stage6(stage6, tmp_path):
     from distill.models import load_pretrained
 
     root, lang, models = stage6
-    rows = [{"name": "student", "path": str(models["offline"])},
-            {"name": "streaming", "path": str(models["streaming"])},
-            {"name": "streaming-onnx", "path": str(models["streaming"]), "form": "onnx"}]
-    long = _decode(stage6, tmp_path / "long", rows, "long", max_whole_seconds=3.0, window_seconds=2.0,
-                   window_overlap_seconds=0.6)
+    rows = [
+        {"name": "student", "path": str(models["offline"])},
+        {"name": "streaming", "path": str(models["streaming"])},
+        {"name": "streaming-onnx", "path": str(models["streaming"]), "form": "onnx"},
+    ]
+    long = _decode(
+        stage6, tmp_path / "long", rows, "long", max_whole_seconds=3.0, window_seconds=2.0, window_overlap_seconds=0.6
+    )
     whole = _decode(stage6, tmp_path / "whole", rows[:1], "long")
     assert all(r["long_utts"] == {"long": ["l-0"]} for r in long.values())
     assert whole["student"]["long_utts"] == {}
@@ -216,7 +237,7 @@ def test_long_recording_in_stage6(stage6, tmp_path):
     for left in (None, math.ceil(3.0 * 50 / CHUNK)):
         model.set_streaming(CHUNK, left)
         with torch.no_grad():
-            out = model(torch.from_numpy(wave[:7 * 16000])[None])
+            out = model(torch.from_numpy(wave[: 7 * 16000])[None])
         texts[left] = " ".join(Tokenizer.load(lang).decode(ctc_greedy(out.scores, out.lengths)[0]).split())
     streamed = _recogs(long["streaming"], "long", "greedy")["l-0"]
     assert streamed == texts[math.ceil(3.0 * 50 / CHUNK)] != texts[None]  # the bound is what changes the text
@@ -290,8 +311,9 @@ def test_streaming_long_input_in_bounded_memory(env, capsys, tmp_path, monkeypat
     monkeypatch.setattr(AudioFile, "read_all", read_all)
     lat = tmp_path / "lat.json"
     extra = ["--streaming", "--chunk-frames", CHUNK, "--latency-json", lat] if mode == "--streaming" else []
-    rc, out, err = _transcribe(capsys, "--model", models["streaming"], "--lang-dir", lang, wav,
-                               "--max-whole-seconds", 10, *extra)
+    rc, out, err = _transcribe(
+        capsys, "--model", models["streaming"], "--lang-dir", lang, wav, "--max-whole-seconds", 10, *extra
+    )
     assert rc == 0, err
     assert out[0].startswith("meeting ") and len(out[0].split()) > 1
     bound = math.ceil(10 * 50 / CHUNK) * CHUNK  # 10 s of 20 ms frames, whole chunks

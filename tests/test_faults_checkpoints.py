@@ -13,21 +13,22 @@ it, and the toolkit runs no shell command except the ``cmd |`` pipes of a Kaldi 
 * The same files through the entry points: ``distill.bin.train`` (resume checkpoint, teacher directory,
   fairseq teacher, den graph, teacher cache) and ``distill.bin.transcribe --model``.
 """
+
 from __future__ import annotations
 
 import ast
 import json
 import os
 import pickle
+import re
 import shutil
 from pathlib import Path
 
 import pytest
+import test_train_stages as stages  # noqa: E402  (tests/ is on sys.path under pytest)
 import torch
 
 from distill.train import checkpoint as ck
-
-import test_train_stages as stages  # noqa: E402  (tests/ is on sys.path under pytest)
 
 REPO = Path(__file__).resolve().parents[1]
 PKG = REPO / "distill"
@@ -38,6 +39,7 @@ SHELL_ALLOWED = {("distill/data/pipe.py", "run_pipe")}
 # ------------------------------------------------------------------------------------------ static audit
 def _calls(tree: ast.AST):
     """``(dotted callee name, call node, enclosing function name)`` for every call in ``tree``."""
+
     def name(node: ast.AST) -> str:
         if isinstance(node, ast.Name):
             return node.id
@@ -51,6 +53,7 @@ def _calls(tree: ast.AST):
             if isinstance(child, ast.Call):
                 yield name(child.func), child, f
             yield from walk(child, f)
+
     yield from walk(tree, "<module>")
 
 
@@ -71,10 +74,28 @@ def audit(source: str, rel: str) -> tuple[list[str], list[tuple[str, str]], int]
             torch_loads += 1
             if not _is_true(_kw(call, "weights_only")):
                 problems.append(f"{where}: torch.load without weights_only=True")
-        if callee in ("pickle.load", "pickle.loads", "pickle.Unpickler", "marshal.load", "marshal.loads",
-                      "dill.load", "dill.loads", "joblib.load", "cloudpickle.load", "cloudpickle.loads",
-                      "yaml.unsafe_load", "yaml.full_load", "torch.jit.load", "eval", "exec",
-                      "os.system", "os.popen", "os.execv", "os.execvp", "pty.spawn"):
+        if callee in (
+            "pickle.load",
+            "pickle.loads",
+            "pickle.Unpickler",
+            "marshal.load",
+            "marshal.loads",
+            "dill.load",
+            "dill.loads",
+            "joblib.load",
+            "cloudpickle.load",
+            "cloudpickle.loads",
+            "yaml.unsafe_load",
+            "yaml.full_load",
+            "torch.jit.load",
+            "eval",
+            "exec",
+            "os.system",
+            "os.popen",
+            "os.execv",
+            "os.execvp",
+            "pty.spawn",
+        ):
             problems.append(f"{where}: calls {callee}")
         if callee in ("np.load", "numpy.load") and _is_true(_kw(call, "allow_pickle")):
             problems.append(f"{where}: np.load(allow_pickle=True)")
@@ -90,22 +111,27 @@ def audit(source: str, rel: str) -> tuple[list[str], list[tuple[str, str]], int]
 def test_static_audit_of_loaders_and_shell_use() -> None:
     files = sorted(PKG.rglob("*.py"))
     assert len(files) > 40
-    problems, shells, torch_loads = [], [], 0
+    problems, shells, torch_loads = [], [], {}
     for path in files:
-        p, s, n = audit(path.read_text(encoding="utf-8"), str(path.relative_to(REPO)))
+        rel = str(path.relative_to(REPO))
+        p, s, n = audit(path.read_text(encoding="utf-8"), rel)
         problems += p
         shells += s
-        torch_loads += n
+        if n:
+            torch_loads[rel] = n
     assert not problems, "\n".join(problems)
-    assert torch_loads >= 4  # the audit did find the loaders (checkpoints, graphs, cache, models)
+    # the audit did find the loaders, all in one module (checkpoints, graphs, cache and model imports use it)
+    assert set(torch_loads) == {"distill/safe_load.py"} and torch_loads["distill/safe_load.py"] >= 2, torch_loads
     assert set(shells) == SHELL_ALLOWED, shells
 
 
 def test_the_audit_finds_unsafe_calls() -> None:
-    bad = ("import torch, pickle, os, subprocess, yaml, numpy as np\n"
-           "def f(p):\n    torch.load(p)\n    torch.load(p, weights_only=False)\n    pickle.loads(p)\n"
-           "    np.load(p, allow_pickle=True)\n    yaml.load(p)\n    os.system(p)\n"
-           "def g(c):\n    subprocess.run(c, shell=True)\n")
+    bad = (
+        "import torch, pickle, os, subprocess, yaml, numpy as np\n"
+        "def f(p):\n    torch.load(p)\n    torch.load(p, weights_only=False)\n    pickle.loads(p)\n"
+        "    np.load(p, allow_pickle=True)\n    yaml.load(p)\n    os.system(p)\n"
+        "def g(c):\n    subprocess.run(c, shell=True)\n"
+    )
     problems, shells, n = audit(bad, "bad.py")
     assert n == 2 and len(problems) == 6 and shells == [("bad.py", "g")], problems
 
@@ -124,12 +150,14 @@ class _Evil:
 def write_evil(path: Path, marker: Path, fmt: str, wrap: str = "checkpoint") -> Path:
     """A file whose unpickling calls os.system; ``wrap`` shapes it like the file the loader expects."""
     evil = _Evil(marker)
-    obj = {"checkpoint": {"format": ck.CKPT_FORMAT, "model": {"w": torch.zeros(2)}, "trainer": evil},
-           "model_file": {"format": ck.MODEL_FORMAT, "model": {"w": torch.zeros(2)}, "meta": evil},
-           "state_dict": {"w": torch.zeros(2), "b": evil},
-           "fairseq": {"args": evil, "model": {}},
-           "fsa": {"format": "distill-fsa-v1", "src": evil},
-           "cache": {"id": "x", "out": evil}}[wrap]
+    obj = {
+        "checkpoint": {"format": ck.CKPT_FORMAT, "model": {"w": torch.zeros(2)}, "trainer": evil},
+        "model_file": {"format": ck.MODEL_FORMAT, "model": {"w": torch.zeros(2)}, "meta": evil},
+        "state_dict": {"w": torch.zeros(2), "b": evil},
+        "fairseq": {"args": evil, "model": {}},
+        "fsa": {"format": "distill-fsa-v1", "src": evil},
+        "cache": {"id": "x", "out": evil},
+    }[wrap]
     path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "zip":
         torch.save(obj, path)
@@ -150,6 +178,7 @@ def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("faults_ckpt")
     lang = stages.make_lang(root)
     from distill.data.tokenizer import Tokenizer
+
     vocab = Tokenizer.load(lang).vocab_size
     teacher = stages.make_teacher_hf(root, vocab)
     return root, lang, teacher, vocab
@@ -170,7 +199,7 @@ def test_every_loader_refuses_the_crafted_pickle(env, tmp_path: Path, fmt: str) 
     from distill.models import CheckpointError as ModelCheckpointError
     from distill.models import load_pretrained
     from distill.train.averaging import average_checkpoints
-    from distill.train.tasks import TeacherCache
+    from distill.train.teacher_cache import TeacherCache
 
     root, lang, teacher, _ = env
     marker = tmp_path / "pwned"
@@ -197,7 +226,9 @@ def test_every_loader_refuses_the_crafted_pickle(env, tmp_path: Path, fmt: str) 
     with pytest.raises(ModelCheckpointError, match=r"pytorch_model\.bin: (refusing to unpickle|cannot be loaded)"):
         load_pretrained(hf)
     (hf / "pytorch_model.bin").rename(hf / "pytorch_model-00001-of-00001.bin")
-    (hf / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": {"w": "pytorch_model-00001-of-00001.bin"}}))
+    (hf / "pytorch_model.bin.index.json").write_text(
+        json.dumps({"weight_map": {"w": "pytorch_model-00001-of-00001.bin"}})
+    )
     with pytest.raises(ModelCheckpointError, match=r"00001-of-00001\.bin: (refusing to unpickle|cannot be loaded)"):
         load_pretrained(hf)
     with pytest.raises(ModelCheckpointError, match=r"evil_fairseq\.pt: (refusing to unpickle|cannot be loaded)"):
@@ -214,19 +245,84 @@ def test_refusal_messages_name_the_global(env, tmp_path: Path) -> None:
     """A refusal names the refused object and does not advise retrying with ``weights_only=False``."""
     from distill.models import CheckpointError as ModelCheckpointError
     from distill.models import load_pretrained
+
     marker = tmp_path / "pwned"
     with pytest.raises(ModelCheckpointError, match=r"refusing to unpickle global '(posix|os)\.system'"):
         load_pretrained(write_evil(tmp_path / "f.pt", marker, "zip", "fairseq"))
     for fmt in ("zip", "legacy"):  # (a bare pickle of tensors is refused earlier, at torch's own reducer)
-        with pytest.raises(ck.CheckpointError, match=r"c\.pt' is refused: it holds the Python object "
-                           r"'(posix|os)\.system'.*never load it with weights_only=False"):
+        with pytest.raises(
+            ck.CheckpointError,
+            match=r"c\.pt' is refused: it holds the Python object "
+            r"'(posix|os)\.system'.*never load it with weights_only=False",
+        ):
             ck.load(write_evil(tmp_path / "c.pt", marker, fmt))
+    assert not marker.exists()
+
+
+def _truncated(path: Path) -> Path:
+    """The first half of a valid torch file (a writer killed mid-write on a filesystem without atomic rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"w": torch.zeros(1000)}, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+@pytest.mark.parametrize("fault", ["global", "truncated"])
+def test_every_loader_fails_alike(tmp_path: Path, fault: str) -> None:
+    """Every loader of a pickled file (pretrained import, training checkpoint and model file, den graph,
+    teacher-cache entry) goes through distill.safe_load and fails the same way: the one CheckpointError (a
+    ValueError and a RuntimeError, as the two it replaced were), whose message names the file (and the refused
+    object) and whose ``path``/``detail`` are the file and the same reason for every loader."""
+    from distill import safe_load
+    from distill.graph.fsa import Fsa
+    from distill.models import CheckpointError as ModelCheckpointError
+    from distill.models import load_pretrained
+    from distill.train.teacher_cache import TeacherCache
+
+    assert ModelCheckpointError is ck.CheckpointError is safe_load.CheckpointError
+    assert issubclass(safe_load.CheckpointError, ValueError) and issubclass(safe_load.CheckpointError, RuntimeError)
+    marker = tmp_path / "pwned"
+    cache = TeacherCache(tmp_path / "cache", {"teacher": "t"})
+    cache.open()
+    loaders = {  # name: (file, shape of the crafted file, load)
+        "pretrained fairseq .pt": (tmp_path / "fairseq.pt", "fairseq", load_pretrained),
+        "training checkpoint": (tmp_path / "ckpts" / "ckpt-00000004.pt", "checkpoint", ck.load),
+        "model file": (tmp_path / "best.pt", "model_file", ck.load_model_state),
+        "den graph": (tmp_path / "lang" / "den.pt", "fsa", Fsa.load),
+        "teacher cache entry": (cache._path("utt-1"), "cache", lambda p: cache.read("utt-1")),
+    }
+    details = {}
+    for name, (path, wrap, load) in loaders.items():
+        if fault == "global":
+            write_evil(path, marker, "zip", wrap)
+        else:
+            _truncated(path)
+        with pytest.raises(safe_load.CheckpointError) as e:
+            load(path)
+        err = e.value
+        assert err.path == path and str(path) in str(err), (name, str(err))
+        if fault == "global":
+            assert re.search(r"'(posix|os)\.system'", str(err)), (name, str(err))
+        details[name] = err.detail
+    assert len(set(details.values())) == 1, details
+    detail = next(iter(details.values()))
+    if fault == "global":
+        assert re.fullmatch(
+            r"it holds the Python object '(posix|os)\.system', .*never load it with "
+            r"weights_only=False\)",
+            detail,
+        ), detail
+    else:
+        assert detail.startswith("RuntimeError: ") and "Weights only" not in detail, detail
+    assert cache.get("utt-1") is None  # the cache itself recomputes an unreadable entry (with a warning)
     assert not marker.exists()
 
 
 # ------------------------------------------------------------------------------------------ entry points
 def _train(env, tmp: Path, capsys, task: str = "distill", *overrides: str, **cfg_kw) -> tuple[int, str]:
     from distill.bin import train as train_cli
+
     exp = tmp / "exp"
     cfg = stages.stage_cfg(env, exp, task, **cfg_kw)
     cfg["train"] = stages.base_train(exp, steps=1)
@@ -266,8 +362,15 @@ def test_train_entry_point_refuses_crafted_files(env, tmp_path: Path, capsys) ->
 
 def test_train_teacher_cache_recomputes_crafted_entries(env, tmp_path: Path, capsys) -> None:
     cache_dir = tmp_path / "cache"
-    code, err = _train(env, tmp_path / "a", capsys, "distill", teacher_cache=True, teacher_cache_dtype="float32",
-                       teacher_cache_dir=str(cache_dir))
+    code, err = _train(
+        env,
+        tmp_path / "a",
+        capsys,
+        "distill",
+        teacher_cache=True,
+        teacher_cache_dtype="float32",
+        teacher_cache_dir=str(cache_dir),
+    )
     assert code == 0, err[-2000:]
     entries = [p for p in cache_dir.rglob("*.pt")]
     assert entries
@@ -275,8 +378,15 @@ def test_train_teacher_cache_recomputes_crafted_entries(env, tmp_path: Path, cap
     for p in entries:
         p.unlink()
         write_evil(p, marker, "zip", "cache")
-    code, err = _train(env, tmp_path / "b", capsys, "distill", teacher_cache=True, teacher_cache_dtype="float32",
-                       teacher_cache_dir=str(cache_dir))
+    code, err = _train(
+        env,
+        tmp_path / "b",
+        capsys,
+        "distill",
+        teacher_cache=True,
+        teacher_cache_dtype="float32",
+        teacher_cache_dir=str(cache_dir),
+    )
     assert code == 0, err[-2000:]
     log = (tmp_path / "b" / "exp" / "train.log").read_text()
     assert "is unreadable (it holds the Python object" in log and "recomputing it" in log
@@ -287,6 +397,7 @@ def test_train_teacher_cache_recomputes_crafted_entries(env, tmp_path: Path, cap
 
 def test_transcribe_refuses_a_crafted_model(env, tmp_path: Path, capsys) -> None:
     from distill.bin import transcribe
+
     root, lang, teacher, _ = env
     marker = tmp_path / "pwned"
     hf = tmp_path / "hf"
@@ -310,6 +421,7 @@ def test_training_files_load_as_models(env, tmp_path: Path, capsys) -> None:
 
     from distill.bin import transcribe
     from distill.models import load_pretrained
+
     root, lang, _, _ = env
     code, err = _train(env, tmp_path / "t", capsys, "teacher")
     assert code == 0, err[-2000:]
@@ -330,8 +442,14 @@ def test_training_files_load_as_models(env, tmp_path: Path, capsys) -> None:
     rc = transcribe.main(["--model", str(exp / "last.pt"), str(wav[0])])
     assert rc == 2 and "pass --lang-dir" in capsys.readouterr().err
 
-    code, err = _train(env, tmp_path / "d", capsys, "distill", teacher=str(exp / "last.pt"),
-                       student={"init_from": str(ckpt), "overrides": {}})
+    code, err = _train(
+        env,
+        tmp_path / "d",
+        capsys,
+        "distill",
+        teacher=str(exp / "last.pt"),
+        student={"init_from": str(ckpt), "overrides": {}},
+    )
     assert code == 0, err[-2000:]
 
     bare = tmp_path / "bare.pt"

@@ -5,6 +5,7 @@ and the file, before it writes anything (no output directory, no log file, no pa
 The cases run the steps' ``main`` in-process (fast); one test starts every step as ``python -m`` to check
 the real command line end to end.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -24,47 +25,58 @@ REPO = Path(__file__).resolve().parents[1]
 STEPS: dict[str, tuple[dict, dict[str, tuple[dict, str]]]] = {
     "prepare_manifests": (
         {"corpus": "kaldi", "corpus_dir": "{in}", "out_dir": "out/manifests"},
-        {"unknown": ({"bogus_key": 1}, "bogus_key"),
-         "type": ({"nj": "two"}, "nj"),
-         "path": ({"corpus_dir": "{nope}"}, "corpus_dir"),
-         "required": ({"corpus": None}, "corpus")},
+        {
+            "unknown": ({"bogus_key": 1}, "bogus_key"),
+            "type": ({"nj": "two"}, "nj"),
+            "path": ({"corpus_dir": "{nope}"}, "corpus_dir"),
+            "required": ({"corpus": None}, "corpus"),
+        },
     ),
     "prepare_lang": (
         {"manifest_dir": "{in}", "lang_dir": "out/lang"},
-        {"unknown": ({"tokenizer": {"vocab_sise": 40}}, "tokenizer.vocab_sise"),
-         "type": ({"tokenizer": {"vocab_size": "many"}}, "tokenizer.vocab_size"),
-         "path": ({"manifest_dir": "{nope}"}, "manifest_dir")},
+        {
+            "unknown": ({"tokenizer": {"vocab_sise": 40}}, "tokenizer.vocab_sise"),
+            "type": ({"tokenizer": {"vocab_size": "many"}}, "tokenizer.vocab_size"),
+            "path": ({"manifest_dir": "{nope}"}, "manifest_dir"),
+        },
     ),
     "build_den_graph": (
         {"lang_dir": "{in}"},
-        {"unknown": ({"smoothin": "kneser_ney"}, "smoothin"),
-         "type": ({"order": 2.5}, "order"),
-         "path": ({"lang_dir": "{nope}"}, "lang_dir"),
-         "required": ({"lang_dir": None}, "lang_dir")},
+        {
+            "unknown": ({"smoothin": "kneser_ney"}, "smoothin"),
+            "type": ({"order": 2.5}, "order"),
+            "path": ({"lang_dir": "{nope}"}, "lang_dir"),
+            "required": ({"lang_dir": None}, "lang_dir"),
+        },
     ),
     "build_decode_graph": (
         {"lang_dir": "{in}", "out_dir": "out/lang_test"},
-        {"unknown": ({"lm_ordr": 3}, "lm_ordr"),
-         "type": ({"lm_order": "three"}, "lm_order"),
-         "path": ({"lm_arpa": "{nope}"}, "lm_arpa")},
+        {
+            "unknown": ({"lm_ordr": 3}, "lm_ordr"),
+            "type": ({"lm_order": "three"}, "lm_order"),
+            "path": ({"lm_arpa": "{nope}"}, "lm_arpa"),
+        },
     ),
     "decode": (
         {"lang_dir": "{in}", "out_dir": "out/decode", "exp_root": "out", "models": [{"name": "a", "path": "{in}"}]},
-        {"unknown": ({"models": [{"name": "a", "path": "{in}", "fromat": "int8"}]}, "models[0].fromat"),
-         "type": ({"beam": "wide"}, "beam"),
-         "path": ({"lang_dir": "{nope}"}, "lang_dir")},
+        {
+            "unknown": ({"models": [{"name": "a", "path": "{in}", "fromat": "int8"}]}, "models[0].fromat"),
+            "type": ({"beam": "wide"}, "beam"),
+            "path": ({"lang_dir": "{nope}"}, "lang_dir"),
+        },
     ),
     "train": (
         {"task": "distill", "lang_dir": "{in}", "exp_dir": "out/exp", "teacher": "{in}"},
-        {"unknown": ({"train": {"max_stepz": 10}}, "train.max_stepz"),
-         "type": ({"train": {"max_steps": "ten"}}, "train.max_steps"),
-         "path": ({"teacher": "{nope}"}, "teacher")},
+        {
+            "unknown": ({"train": {"max_stepz": 10}}, "train.max_stepz"),
+            "type": ({"train": {"max_steps": "ten"}}, "train.max_steps"),
+            "path": ({"teacher": "{nope}"}, "teacher"),
+        },
     ),
     # bench_models reads no input file or directory: there is no path to be missing
     "bench_models": (
         {"output": "out/bench.json", "seconds": 1.0},
-        {"unknown": ({"secnds": 1.0}, "secnds"),
-         "type": ({"seconds": "ten"}, "seconds")},
+        {"unknown": ({"secnds": 1.0}, "secnds"), "type": ({"seconds": "ten"}, "seconds")},
     ),
 }
 
@@ -130,6 +142,7 @@ def test_config_fault_fails_before_any_work(tmp_path: Path, monkeypatch, capsys,
 def test_overrides_are_named_as_such(tmp_path: Path, monkeypatch, capsys) -> None:
     """A bad ``key=value`` on the command line is reported with the file and '(with command-line overrides)'."""
     from distill.bin import prepare_lang
+
     monkeypatch.chdir(tmp_path)
     cfg, _ = bad_config(tmp_path, "prepare_lang", "path")
     with pytest.raises(SystemExit) as e:
@@ -146,9 +159,18 @@ def test_python_m_entry_points_exit_2_before_work(tmp_path: Path) -> None:
     procs = {}
     for step in STEPS:
         cfg, key = bad_config(tmp_path, step, "unknown")
-        procs[step] = (key, cfg, subprocess.Popen([sys.executable, "-m", f"distill.bin.{step}", "--config", str(cfg)],
-                                                  cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                                                  stderr=subprocess.PIPE, text=True))
+        procs[step] = (
+            key,
+            cfg,
+            subprocess.Popen(
+                [sys.executable, "-m", f"distill.bin.{step}", "--config", str(cfg)],
+                cwd=tmp_path,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            ),
+        )
     before = tree(tmp_path)
     for step, (key, cfg, p) in procs.items():
         _, err = p.communicate(timeout=300)
@@ -169,6 +191,7 @@ def _train_yaml(tmp: Path, body: str) -> Path:
 
 def _train_main(argv: list[str], capsys) -> tuple[int, str, str]:
     from distill.bin import train
+
     with pytest.raises(SystemExit) as e:
         train.main(argv)
     out = capsys.readouterr()
@@ -178,8 +201,12 @@ def _train_main(argv: list[str], capsys) -> tuple[int, str, str]:
 DUPLICATES = {  # body (after 4 lines), key path, its two lines
     "section": ("train:\n  max_steps: 10\n  optim: {lr: 1.0e-3}\nfinal: last\ntrain:\n  max_steps: 5\n", "train", 5, 9),
     "nested": ("train:\n  optim:\n    lr: 1.0e-3\n    betas: [0.9, 0.98]\n    lr: 3.0e-3\n", "train.optim.lr", 7, 9),
-    "in a list": ("train:\n  freeze:\n    - {prefixes: [encoder.], steps: 10, steps: 20}\n", "train.freeze[0].steps",
-                  7, 7),
+    "in a list": (
+        "train:\n  freeze:\n    - {prefixes: [encoder.], steps: 10, steps: 20}\n",
+        "train.freeze[0].steps",
+        7,
+        7,
+    ),
 }
 
 
@@ -203,13 +230,20 @@ def test_duplicate_keys_are_refused_naming_both_lines(tmp_path: Path, monkeypatc
 def test_numbers_in_every_spelling_are_accepted(tmp_path: Path, monkeypatch, capsys) -> None:
     """``1e-4``, ``-1e-3``, ``5E-4``, ``.5`` (strings to YAML 1.1) are numbers, in the file and in overrides."""
     monkeypatch.chdir(tmp_path)
-    cfg = _train_yaml(tmp_path, "train:\n  max_steps: 10\n  optim: {lr: 5E-4, eps: 1e-8}\n  grad_clip: -1e-3\n"
-                                "  schedule: {phase_ratio: [.1, 4e-1, 0.5]}\n")
+    cfg = _train_yaml(
+        tmp_path,
+        "train:\n  max_steps: 10\n  optim: {lr: 5E-4, eps: 1e-8}\n  grad_clip: -1e-3\n"
+        "  schedule: {phase_ratio: [.1, 4e-1, 0.5]}\n",
+    )
     code, out, err = _train_main(["--config", str(cfg), "--print-config"], capsys)
     assert code == 0, err
     t = yaml.safe_load(out)["train"]
-    assert (t["optim"]["lr"], t["optim"]["eps"], t["grad_clip"], t["schedule"]["phase_ratio"]) == \
-        (5e-4, 1e-8, -1e-3, [0.1, 0.4, 0.5])
+    assert (t["optim"]["lr"], t["optim"]["eps"], t["grad_clip"], t["schedule"]["phase_ratio"]) == (
+        5e-4,
+        1e-8,
+        -1e-3,
+        [0.1, 0.4, 0.5],
+    )
     for spelling in ("1e-4", "5E-4", ".5", "3.0e-5", "2e+1"):
         code, out, err = _train_main(["--config", str(cfg), f"train.optim.lr={spelling}", "--print-config"], capsys)
         assert code == 0, (spelling, err)
@@ -218,10 +252,15 @@ def test_numbers_in_every_spelling_are_accepted(tmp_path: Path, monkeypatch, cap
     assert code == 0 and yaml.safe_load(out)["train"]["grad_clip"] == -1e-3, err
 
 
-NON_FINITE = [("train.optim.lr=.nan", "train.optim.lr"), ("train.optim.lr=.inf", "train.optim.lr"),
-              ("train.grad_clip=.inf", "train.grad_clip"), ("train.optim.lr=1e999", "train.optim.lr"),
-              ("data.max_duration=-.inf", "data.max_duration"), ("student.overrides={layerdrop: .nan}",
-              "student.overrides.layerdrop"), ("file", "train.optim.lr")]
+NON_FINITE = [
+    ("train.optim.lr=.nan", "train.optim.lr"),
+    ("train.optim.lr=.inf", "train.optim.lr"),
+    ("train.grad_clip=.inf", "train.grad_clip"),
+    ("train.optim.lr=1e999", "train.optim.lr"),
+    ("data.max_duration=-.inf", "data.max_duration"),
+    ("student.overrides={layerdrop: .nan}", "student.overrides.layerdrop"),
+    ("file", "train.optim.lr"),
+]
 
 
 @pytest.mark.parametrize("setting,key", NON_FINITE)
@@ -238,8 +277,13 @@ def test_non_finite_floats_are_refused(tmp_path: Path, monkeypatch, capsys, sett
 
 # ------------------------------------------------------------------------------ output directories
 # step -> its output-directory key (each creates it with its parents)
-OUT_KEYS = {"prepare_manifests": "out_dir", "prepare_lang": "lang_dir", "build_decode_graph": "out_dir",
-            "decode": "out_dir", "train": "exp_dir"}
+OUT_KEYS = {
+    "prepare_manifests": "out_dir",
+    "prepare_lang": "lang_dir",
+    "build_decode_graph": "out_dir",
+    "decode": "out_dir",
+    "train": "exp_dir",
+}
 OUT_CASES = [(step, kind) for step in OUT_KEYS for kind in ("file", "dangling link", "under a file")]
 
 
@@ -290,11 +334,21 @@ def test_python_m_train_config_faults(tmp_path: Path) -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     out_file, says = _bad_out_dir(tmp_path, "file")
     cfg = _train_yaml(tmp_path, "train: {max_steps: 10}\n")
-    runs = {"file": ([f"exp_dir={out_file}"], 2, says),
-            "lr": (["train.optim.lr=1e-4", "--print-config"], 0, "lr: 0.0001")}
-    procs = {k: subprocess.Popen([sys.executable, "-m", "distill.bin.train", "--config", str(cfg), *args],
-                                 cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for k, (args, _, _) in runs.items()}
+    runs = {
+        "file": ([f"exp_dir={out_file}"], 2, says),
+        "lr": (["train.optim.lr=1e-4", "--print-config"], 0, "lr: 0.0001"),
+    }
+    procs = {
+        k: subprocess.Popen(
+            [sys.executable, "-m", "distill.bin.train", "--config", str(cfg), *args],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for k, (args, _, _) in runs.items()
+    }
     for k, p in procs.items():
         out, err = p.communicate(timeout=300)
         _, code, says = runs[k]

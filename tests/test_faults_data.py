@@ -9,6 +9,7 @@ default backend would hand to a shell), a transcript and an utterance id full of
 Stages 0-1 must finish with every bad item counted under its reason in ``summary.json``, stage 3 must
 train on the rest, and only the pipe's marker file may appear.
 """
+
 from __future__ import annotations
 
 import json
@@ -84,6 +85,7 @@ def add_faults(train: Path, work: Path) -> dict[str, tuple[str, str]]:
     files["9001-flt-notaudio"] = (str(d / "notaudio.wav"), good_text)
     expected["9001-flt-notaudio"] = ("0", R.UNREADABLE_AUDIO)
     from distill.data.audio import resample
+
     sf.write(d / "8k.wav", resample(audio, sr, 8000), 8000)
     files["9001-flt-8k"] = (str(d / "8k.wav"), good_text)
     expected["9001-flt-8k"] = ("0", "note:" + R.NOTE_RESAMPLED)
@@ -124,34 +126,39 @@ def add_faults(train: Path, work: Path) -> dict[str, tuple[str, str]]:
 def recipe_copy(tmp: Path) -> Path:
     """egs/inhouse with the CI configs made smaller still (vocabulary 40, 4 teacher updates)."""
     d = tmp / "egs" / "inhouse"
-    shutil.copytree(REPO / "egs" / "inhouse", d, symlinks=True,
-                    ignore=shutil.ignore_patterns("data", "exp", "download"))
+    shutil.copytree(
+        REPO / "egs" / "inhouse", d, symlinks=True, ignore=shutil.ignore_patterns("data", "exp", "download")
+    )
     (tmp / "utils").symlink_to(REPO / "utils")
+    (tmp / "egs" / "TEMPLATE").symlink_to(REPO / "egs" / "TEMPLATE")  # the recipe's base configs and stages.sh
     lang = d / "conf" / "tiny" / "lang.yaml"
     cfg = yaml.safe_load(lang.read_text())
     cfg["tokenizer"]["vocab_size"] = 40
     lang.write_text(yaml.safe_dump(cfg))
     teacher = d / "conf" / "tiny" / "teacher.yaml"
     cfg = yaml.safe_load(teacher.read_text())
-    cfg["train"].update(max_steps=4, checkpoint_interval=2, log_interval=2, progress=False)
-    cfg["data"]["valid_max_batches"] = 1
+    cfg.setdefault("train", {}).update(max_steps=4, checkpoint_interval=2, log_interval=2, progress=False)
+    cfg.setdefault("data", {})["valid_max_batches"] = 1  # merged over the file's bases
     teacher.write_text(yaml.safe_dump(cfg))
     return d
 
 
 def import_baseline_kb() -> int:
     """Peak RSS (kB) of a process that only imports what stages 0 and 1 import."""
-    r, peak = run_measured([sys.executable, "-c", "import distill.bin.prepare_manifests, distill.bin.prepare_lang"],
-                           REPO)
+    r, peak = run_measured(
+        [sys.executable, "-c", "import distill.bin.prepare_manifests, distill.bin.prepare_lang"], REPO
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     return peak
 
 
 def run_measured(cmd: list[str], cwd: Path) -> tuple[subprocess.CompletedProcess, int]:
     """Run ``cmd`` under a small Python wrapper that reports the peak RSS (kB) of its descendants."""
-    wrapper = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
-               "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); "
-               "sys.exit(r.returncode)")
+    wrapper = (
+        "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
+        "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); "
+        "sys.exit(r.returncode)"
+    )
     r = subprocess.run([sys.executable, "-c", wrapper, *cmd], cwd=cwd, capture_output=True, text=True, env=_env())
     peak = [int(x.split()[1]) for x in r.stderr.splitlines() if x.startswith("PEAK_RSS_KB")]
     return r, peak[-1] if peak else -1
@@ -166,17 +173,36 @@ def markers(root: Path) -> list[str]:
 def faulty(tmp_path_factory):
     """The corpus with faults, the recipe copy after `run.sh --stop-stage 3`, and what it printed."""
     root = tmp_path_factory.mktemp("faults_data")
-    r = subprocess.run([sys.executable, str(REPO / "local" / "make_demo_corpus.py"), "--out", str(root / "demo"),
-                        "--size", "tiny", "--nj", "2"], capture_output=True, text=True, env=_env())
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "local" / "make_demo_corpus.py"),
+            "--out",
+            str(root / "demo"),
+            "--size",
+            "tiny",
+            "--nj",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        env=_env(),
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     corpus = root / "demo" / "kaldi"
     expected = add_faults(corpus / "train", root)
     d = recipe_copy(root)
     (d / "KEEP_ME").mkdir()  # `rm -rf KEEP_ME` in a transcript must not reach a shell
-    run01, peak01 = run_measured(["bash", "run.sh", "--stop-stage", "1", "--conf-dir", "conf/tiny",
-                                  "--corpus-dir", str(corpus)], d)
-    run23 = subprocess.run(["bash", "run.sh", "--stage", "2", "--stop-stage", "3", "--conf-dir", "conf/tiny",
-                            "--corpus-dir", str(corpus)], cwd=d, capture_output=True, text=True, env=_env())
+    run01, peak01 = run_measured(
+        ["bash", "run.sh", "--stop-stage", "1", "--conf-dir", "conf/tiny", "--corpus-dir", str(corpus)], d
+    )
+    run23 = subprocess.run(
+        ["bash", "run.sh", "--stage", "2", "--stop-stage", "3", "--conf-dir", "conf/tiny", "--corpus-dir", str(corpus)],
+        cwd=d,
+        capture_output=True,
+        text=True,
+        env=_env(),
+    )
     return root, d, expected, run01, (peak01, import_baseline_kb()), run23
 
 
@@ -215,6 +241,7 @@ def test_training_runs_on_the_rest(faulty):
     assert run23.returncode == 0, run23.stderr[-4000:]
     assert (d / "exp/teacher/model/config.json").is_file()
     from lhotse import CutSet
+
     train_ids = {c.id for c in CutSet.from_file(d / "data/lang/cuts_train.jsonl.gz")}
     kept = {u for u, (_, reason) in expected.items() if reason == "kept" or reason.startswith("note:")}
     dropped = {u for u, (_, reason) in expected.items() if u not in kept and "duplicate" not in reason}
@@ -237,6 +264,7 @@ def test_no_transcript_or_file_name_reaches_a_shell(faulty, monkeypatch):
     from lhotse import CutSet
 
     from distill.data.audio import load_cut_audio
+
     monkeypatch.chdir(d)  # where a shell would `touch` its marker
     cuts = CutSet.from_file(d / "data/lang/cuts_train.jsonl.gz")
     assert all(load_cut_audio(c).size > 0 for c in cuts)
@@ -248,11 +276,28 @@ def test_no_transcript_or_file_name_reaches_a_shell(faulty, monkeypatch):
     faults = root / "faults"
     scp = root / "evil_wav.scp"
     (root / "PIPE_RAN").unlink()
-    scp.write_text(f"name {faults / EVIL_WAV}\nsph {faults / EVIL_SPH}\n{EVIL_ID} {faults / '8k.wav'}\n"
-                   f"pipe touch {root / 'PIPE_RAN'} && cat '{faults / 'stereo.wav'}' |\n")
-    r = subprocess.run([sys.executable, "-m", "distill.bin.transcribe", "--model", "exp/teacher/model",
-                        "--lang-dir", "data/lang", "--wav-scp", str(scp), str(faults / EVIL_WAV)],
-                       cwd=d, capture_output=True, text=True, env=_env())
+    scp.write_text(
+        f"name {faults / EVIL_WAV}\nsph {faults / EVIL_SPH}\n{EVIL_ID} {faults / '8k.wav'}\n"
+        f"pipe touch {root / 'PIPE_RAN'} && cat '{faults / 'stereo.wav'}' |\n"
+    )
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "distill.bin.transcribe",
+            "--model",
+            "exp/teacher/model",
+            "--lang-dir",
+            "data/lang",
+            "--wav-scp",
+            str(scp),
+            str(faults / EVIL_WAV),
+        ],
+        cwd=d,
+        capture_output=True,
+        text=True,
+        env=_env(),
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     ids = [line.split(maxsplit=1)[0] for line in r.stdout.splitlines() if line.strip()]
     # a positional file's id is its name without extension, whitespace made "_"
@@ -267,6 +312,7 @@ def test_nan_samples_are_skipped_by_the_dataset(tmp_path, caplog):
     from lhotse import CutSet, Recording
 
     from distill.data.dataset import AsrDataset
+
     cuts = []
     for name, bad in (("good", False), ("nan", True)):
         x = (0.1 * np.random.default_rng(0).standard_normal(16000)).astype(np.float32)

@@ -9,6 +9,7 @@ utterances.
   ``text``, ``segments`` and ``utt2spk``, ``nan`` segment times and a hanging pipe (``pipe_timeout``).
 * the recipes' ``run.sh`` given a relative ``--corpus-dir`` from another directory.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,13 +23,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import test_train_stages as stages  # noqa: E402  (tests/ is on sys.path under pytest)
 import torch
 import yaml
+from test_recipes import RECIPES, recipe_copy  # noqa: E402
 
 from distill.data import report as R
-
-import test_train_stages as stages  # noqa: E402  (tests/ is on sys.path under pytest)
-from test_recipes import RECIPES, recipe_copy  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TEXTS = ["THE DOG RAN", "A CAT SAT", "THE SUN IS UP"]
@@ -45,8 +45,9 @@ def _env() -> dict:
 
 def _python(*args: str, cwd: Path | None = None, timeout: float = 120) -> tuple[subprocess.CompletedProcess, float]:
     t0 = time.monotonic()
-    r = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, env=_env(), cwd=cwd,
-                       timeout=timeout)
+    r = subprocess.run(
+        [sys.executable, "-m", *args], capture_output=True, text=True, env=_env(), cwd=cwd, timeout=timeout
+    )
     return r, time.monotonic() - t0
 
 
@@ -72,8 +73,12 @@ def _hostile_audio(d: Path) -> dict[str, str]:
     os.mkfifo(d / "fifo.wav")
     os.symlink(d / "loop_b.wav", d / "loop_a.wav")
     os.symlink(d / "loop_a.wav", d / "loop_b.wav")
-    return {"u-dir": str(d / "adir.wav"), "u-fifo": str(d / "fifo.wav"), "u-loop": str(d / "loop_a.wav"),
-            "u-hang": f"sh -c 'echo $$ > {d / 'hang.pid'}; exec sleep 30' | cat |"}
+    return {
+        "u-dir": str(d / "adir.wav"),
+        "u-fifo": str(d / "fifo.wav"),
+        "u-loop": str(d / "loop_a.wav"),
+        "u-hang": f"sh -c 'echo $$ > {d / 'hang.pid'}; exec sleep 30' | cat |",
+    }
 
 
 def _write_bytes_lines(path: Path, lines: list[str], bom: bool = False) -> None:
@@ -93,16 +98,27 @@ def model(tmp_path_factory):
     tok = build_char_tokenizer(TEXTS)
     write_lang_files(tmp / "lang", tok, {w for t in TEXTS for w in t.split()})
     torch.manual_seed(0)
-    cfg = W2V2Config(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                     intermediate_size=64, conv_dim=(16,) * 7, feat_extract_norm="layer", conv_bias=True,
-                     do_stable_layer_norm=True, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)
+    cfg = W2V2Config(
+        vocab_size=tok.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=(16,) * 7,
+        feat_extract_norm="layer",
+        conv_bias=True,
+        do_stable_layer_norm=True,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4,
+    )
     save_pretrained(W2V2Model(cfg).eval(), tmp / "model")
     return tmp, tmp / "lang", tmp / "model"
 
 
 def _transcribe(model_dir: Path, lang: Path, *args: str) -> tuple[subprocess.CompletedProcess, float]:
-    return _python("distill.bin.transcribe", "--model", str(model_dir), "--lang-dir", str(lang), "--num-threads", "1",
-                   *args)
+    return _python(
+        "distill.bin.transcribe", "--model", str(model_dir), "--lang-dir", str(lang), "--num-threads", "1", *args
+    )
 
 
 @pytest.fixture(scope="module")
@@ -112,8 +128,11 @@ def hostile_scp(model, tmp_path_factory):
     _, lang, model_dir = model
     d = tmp_path_factory.mktemp("hostile_scp")
     bad = _hostile_audio(d / "audio")
-    lines = [f"u-first {_noise(d / 'a.wav', 0.6, 1)}", *(f"{u} {v}" for u, v in bad.items()),
-             f"u-last {_noise(d / 'b.wav', 0.6, 2)}"]
+    lines = [
+        f"u-first {_noise(d / 'a.wav', 0.6, 1)}",
+        *(f"{u} {v}" for u, v in bad.items()),
+        f"u-last {_noise(d / 'b.wav', 0.6, 2)}",
+    ]
     scp = d / "wav.scp"
     _write_bytes_lines(scp, lines, bom=True)
     r, seconds = _transcribe(model_dir, lang, "--wav-scp", str(scp), "--pipe-timeout", str(PIPE_TIMEOUT))
@@ -141,8 +160,10 @@ def test_transcribe_names_a_directory_fifo_and_symlink_loop(hostile_scp):
 
 def test_transcribe_pipe_timeout_kills_the_pipe_and_its_children(hostile_scp):
     r, seconds, d, _ = hostile_scp
-    assert (f"skipping utterance 'u-hang': command \"sh -c 'echo $$ ...\" did not finish within the pipe "
-            f"timeout of {PIPE_TIMEOUT} s; it was killed with its child processes") in r.stderr, r.stderr
+    assert (
+        f"skipping utterance 'u-hang': command \"sh -c 'echo $$ ...\" did not finish within the pipe "
+        f"timeout of {PIPE_TIMEOUT} s; it was killed with its child processes"
+    ) in r.stderr, r.stderr
     pid = int((d / "audio" / "hang.pid").read_text())
     deadline = time.monotonic() + 5
     while _alive(pid) and time.monotonic() < deadline:
@@ -189,12 +210,14 @@ def train_env(tmp_path_factory):
     root = tmp_path_factory.mktemp("inputs_train")
     lang = stages.make_lang(root)
     from distill.data.tokenizer import Tokenizer
+
     vocab = Tokenizer.load(lang).vocab_size
     return root, lang, stages.make_teacher_hf(root, vocab), vocab
 
 
 def _train(env, tmp: Path, capsys, task: str, **cfg_kw) -> tuple[int, str]:
     from distill.bin import train as train_cli
+
     exp = tmp / "exp"
     cfg = stages.stage_cfg(env, exp, task, **cfg_kw)
     cfg["train"] = stages.base_train(exp, steps=1)
@@ -256,10 +279,14 @@ def stage0(tmp_path_factory):
     _write_bytes_lines(dev / "text", [f"{u} {TEXTS[1]}" for u, _, _ in segs])
     _write_bytes_lines(dev / "utt2spk", [f"{u} spk" for u, _, _ in segs])
     conf = root / "data.yaml"
-    conf.write_text(yaml.safe_dump({"corpus": "kaldi", "splits": {"train": ["train"], "dev": ["dev"]},
-                                    "nj": 2, "pipe_timeout": PIPE_TIMEOUT}))
-    r, seconds = _python("distill.bin.prepare_manifests", "--config", str(conf), f"corpus_dir={corpus}",
-                         f"out_dir={root / 'out'}")
+    conf.write_text(
+        yaml.safe_dump(
+            {"corpus": "kaldi", "splits": {"train": ["train"], "dev": ["dev"]}, "nj": 2, "pipe_timeout": PIPE_TIMEOUT}
+        )
+    )
+    r, seconds = _python(
+        "distill.bin.prepare_manifests", "--config", str(conf), f"corpus_dir={corpus}", f"out_dir={root / 'out'}"
+    )
     summary = json.loads((root / "out" / "summary.json").read_text()) if r.returncode == 0 else {}
     return r, seconds, root, summary
 
@@ -285,6 +312,7 @@ def test_stage0_strips_a_bom_in_every_kaldi_file(stage0):
     assert set(s["train"]["dropped_by_reason"]) == {R.NOT_REGULAR_FILE, R.AUDIO_CMD_FAILED}
     assert s["train"]["kept"] == 3 and not s["train"]["notes"]
     from lhotse import CutSet
+
     cuts = CutSet.from_file(root / "out" / "kaldi_cuts_train.jsonl.gz")
     assert sorted(c.id for c in cuts) == ["g0", "g1", "g2"]
     assert {c.supervisions[0].speaker for c in cuts} == {"spk"}
@@ -300,7 +328,8 @@ def test_stage0_names_a_directory_fifo_and_symlink_loop(stage0):
     assert sorted(train["examples"][R.NOT_REGULAR_FILE]) == [
         f"u-dir: '{h / 'adir.wav'}' is a directory, not a regular file",
         f"u-fifo: '{h / 'fifo.wav'}' is a FIFO (named pipe), not a regular file",
-        f"u-loop: '{h / 'loop_a.wav'}' is a symlink loop"]
+        f"u-loop: '{h / 'loop_a.wav'}' is a symlink loop",
+    ]
     assert seconds < 60
 
 
@@ -308,7 +337,7 @@ def test_stage0_pipe_timeout_kills_the_pipe_and_its_children(stage0):
     _, seconds, root, s = _stage0_ok(stage0)
     assert s["train"]["dropped_by_reason"][R.AUDIO_CMD_FAILED] == 1
     (ex,) = s["train"]["examples"][R.AUDIO_CMD_FAILED]
-    assert ex.startswith("u-hang: command \"sh -c 'echo $$ ...\" did not finish within the pipe timeout of 2 s")
+    assert ex.startswith('u-hang: command "sh -c \'echo $$ ..." did not finish within the pipe timeout of 2 s')
     pid = int((root / "hostile" / "hang.pid").read_text())
     deadline = time.monotonic() + 5
     while _alive(pid) and time.monotonic() < deadline:
@@ -323,8 +352,9 @@ def test_stage0_pipe_timeout_is_validated(tmp_path, capsys, value):
 
     (tmp_path / "c").mkdir()
     with pytest.raises(SystemExit) as e:
-        prepare_manifests.main(["corpus=kaldi", f"corpus_dir={tmp_path / 'c'}", f"out_dir={tmp_path / 'out'}",
-                                f"pipe_timeout={value}"])
+        prepare_manifests.main(
+            ["corpus=kaldi", f"corpus_dir={tmp_path / 'c'}", f"out_dir={tmp_path / 'out'}", f"pipe_timeout={value}"]
+        )
     err = capsys.readouterr().err
     assert e.value.code == 2 and "key 'pipe_timeout': " in err and "unknown key" not in err, err
     assert not (tmp_path / "out").exists()
@@ -336,8 +366,9 @@ def _kaldi_corpus(root: Path) -> None:
         d = root / part
         d.mkdir(parents=True)
         ids = [f"{part}-{i}" for i in range(2)]
-        _write_bytes_lines(d / "wav.scp", [f"{u} {_noise(root / 'audio' / f'{u}.wav', 0.8, i)}"
-                                           for i, u in enumerate(ids)])
+        _write_bytes_lines(
+            d / "wav.scp", [f"{u} {_noise(root / 'audio' / f'{u}.wav', 0.8, i)}" for i, u in enumerate(ids)]
+        )
         _write_bytes_lines(d / "text", [f"{u} {TEXTS[0]}" for u in ids])
         _write_bytes_lines(d / "utt2spk", [f"{u} spk" for u in ids])
 
@@ -346,8 +377,14 @@ def test_run_sh_takes_a_relative_corpus_dir_from_where_it_was_started(tmp_path):
     d = recipe_copy(tmp_path / "r", "inhouse")
     caller = tmp_path / "work"
     _kaldi_corpus(caller / "data" / "LS")
-    r = subprocess.run(["bash", str(d / "run.sh"), "--stop-stage", "0", "--corpus-dir", "data/LS"], cwd=caller,
-                       capture_output=True, text=True, env=_env(), timeout=300)
+    r = subprocess.run(
+        ["bash", str(d / "run.sh"), "--stop-stage", "0", "--corpus-dir", "data/LS"],
+        cwd=caller,
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     index = yaml.safe_load((d / "data" / "manifests" / "splits.yaml").read_text())
     assert json.dumps(index).count("num_utterances") >= 3
@@ -359,8 +396,14 @@ def test_run_sh_missing_relative_path_names_both_places(tmp_path, recipe):
     d = recipe_copy(tmp_path / "r", recipe)
     caller = tmp_path / "work"
     caller.mkdir()
-    r = subprocess.run(["bash", str(d / "run.sh"), "--stop-stage", "0", "--corpus-dir", "data/nothere"], cwd=caller,
-                       capture_output=True, text=True, env=_env(), timeout=300)
+    r = subprocess.run(
+        ["bash", str(d / "run.sh"), "--stop-stage", "0", "--corpus-dir", "data/nothere"],
+        cwd=caller,
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=300,
+    )
     assert r.returncode != 0
     assert f"--corpus-dir 'data/nothere' exists neither in {caller} (where" in r.stderr, r.stderr[-3000:]
     assert f"key 'corpus_dir': path '{caller / 'data' / 'nothere'}' does not exist" in r.stderr, r.stderr[-3000:]
@@ -392,8 +435,11 @@ def test_parse_options_resolves_path_options_from_the_start_directory(tmp_path):
     r = subprocess.run(["bash", str(script), *args], cwd=caller, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == f"corpus_dir=download teacher_model={caller}/m.pt conf_dir=conf/tiny parts=data"
-    r = subprocess.run(["bash", "run.sh", "--conf-dir", "conf/tiny", "--corpus-dir", "x"], cwd=rdir,
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        ["bash", "run.sh", "--conf-dir", "conf/tiny", "--corpus-dir", "x"], cwd=rdir, capture_output=True, text=True
+    )
     assert r.returncode == 0 and r.stdout.strip() == "corpus_dir=x teacher_model= conf_dir=conf/tiny parts=", r.stderr
-    assert "invalid option" in subprocess.run(["bash", str(script), "--run-dir", "/"], capture_output=True,
-                                              text=True).stderr
+    assert (
+        "invalid option"
+        in subprocess.run(["bash", str(script), "--run-dir", "/"], capture_output=True, text=True).stderr
+    )

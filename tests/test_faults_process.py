@@ -13,6 +13,7 @@ Per seed, one chain of processes on one exp dir, compared with an uninterrupted 
 3. run D resumes from that previous checkpoint and finishes: its final parameters (last.pt, avg2.pt, the
    exported model) are bit-identical to the reference run's.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -26,11 +27,10 @@ import time
 from pathlib import Path
 
 import pytest
+import test_train_stages as stages  # noqa: E402  (tests/ is on sys.path under pytest)
 import torch
 
 from distill.train import checkpoint as ck
-
-import test_train_stages as stages  # noqa: E402  (tests/ is on sys.path under pytest)
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_STEPS = 10  # 4 batches per epoch: the runs cross epoch boundaries
@@ -38,10 +38,23 @@ CKPT_EVERY = 2
 
 
 def train_cmd(lang: Path, exp: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "distill.bin.train", "--config", str(REPO / "egs/inhouse/conf/tiny/teacher.yaml"),
-            f"lang_dir={lang}", f"exp_dir={exp}", f"train.max_steps={MAX_STEPS}",
-            f"train.checkpoint_interval={CKPT_EVERY}", "train.log_interval=1", "train.progress=false",
-            "data.max_duration=2.5", "data.valid_max_batches=1", "num_threads=1", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "distill.bin.train",
+        "--config",
+        str(REPO / "egs/inhouse/conf/tiny/teacher.yaml"),
+        f"lang_dir={lang}",
+        f"exp_dir={exp}",
+        f"train.max_steps={MAX_STEPS}",
+        f"train.checkpoint_interval={CKPT_EVERY}",
+        "train.log_interval=1",
+        "train.progress=false",
+        "data.max_duration=2.5",
+        "data.valid_max_batches=1",
+        "num_threads=1",
+        *extra,
+    ]
 
 
 def _env(**extra: str) -> dict:
@@ -56,8 +69,9 @@ def run(cmd: list[str], **env: str) -> subprocess.CompletedProcess:
 
 def snapshot(d: Path) -> dict[str, str]:
     """Every file under ``d`` with the SHA-1 of its content."""
-    return {str(p.relative_to(d)): hashlib.sha1(p.read_bytes()).hexdigest() for p in sorted(d.rglob("*"))
-            if p.is_file()}
+    return {
+        str(p.relative_to(d)): hashlib.sha1(p.read_bytes()).hexdigest() for p in sorted(d.rglob("*")) if p.is_file()
+    }
 
 
 def logged_step(exp: Path) -> int:
@@ -77,8 +91,12 @@ def logged_step(exp: Path) -> int:
 
 def final_state(exp: Path) -> dict[str, dict[str, torch.Tensor]]:
     from safetensors.torch import load_file
-    return {"last.pt": ck.load_model_state(exp / "last.pt"), "avg2.pt": ck.load_model_state(exp / "avg2.pt"),
-            "model": load_file(str(exp / "model" / "model.safetensors"))}
+
+    return {
+        "last.pt": ck.load_model_state(exp / "last.pt"),
+        "avg2.pt": ck.load_model_state(exp / "avg2.pt"),
+        "model": load_file(str(exp / "model" / "model.safetensors")),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +109,9 @@ def reference(lang_dir: Path, tmp_path_factory):
     """The lang dir, and the uninterrupted reference run (started here, awaited by the first user)."""
     lang = lang_dir
     exp = tmp_path_factory.mktemp("faults_process_ref") / "reference"
-    proc = subprocess.Popen(train_cmd(lang, exp), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env=_env())
+    proc = subprocess.Popen(
+        train_cmd(lang, exp), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env()
+    )
     state: dict = {}
 
     def result() -> dict[str, dict[str, torch.Tensor]]:
@@ -101,6 +120,7 @@ def reference(lang_dir: Path, tmp_path_factory):
             assert proc.returncode == 0, err[-3000:]
             state.update(final_state(exp))
         return state
+
     yield lang, result
     if proc.poll() is None:
         proc.kill()
@@ -111,13 +131,12 @@ def kill_and_refuse_second_run(lang: Path, exp: Path, rng: random.Random) -> Non
     """Run A to a random update and a random moment after it, freeze it; B on the same exp dir is refused
     and changes nothing; then A is SIGKILLed."""
     k1 = rng.randint(CKPT_EVERY + 1, MAX_STEPS - 3)
-    a = subprocess.Popen(train_cmd(lang, exp), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                         env=_env())
+    a = subprocess.Popen(train_cmd(lang, exp), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env())
     try:
         t0 = time.monotonic()
         while logged_step(exp) < k1:
             assert a.poll() is None, f"run A ended early ({a.returncode}): {a.stderr.read()[-3000:]}"
-            assert time.monotonic() - t0 < 300, "run A did not reach update %d" % k1
+            assert time.monotonic() - t0 < 300, f"run A did not reach update {k1}"
             time.sleep(0.01)
         time.sleep(rng.uniform(0.0, 0.1))
         os.kill(a.pid, signal.SIGSTOP)
@@ -195,8 +214,9 @@ def test_signal_then_resume_gives_the_uninterrupted_models(lang_dir: Path, tmp_p
     from safetensors.torch import load_file
 
     def start(exp: Path) -> subprocess.Popen:
-        return subprocess.Popen(train_cmd(lang_dir, exp, *SIG_RUN), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True, env=_env())
+        return subprocess.Popen(
+            train_cmd(lang_dir, exp, *SIG_RUN), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env()
+        )
 
     ref = start(tmp_path / "reference")
     runs = {sig: (tmp_path / sig.name, start(tmp_path / sig.name)) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -240,8 +260,9 @@ def test_signal_then_resume_gives_the_uninterrupted_models(lang_dir: Path, tmp_p
         for name in want:
             assert want[name].keys() == got[name].keys(), (sig.name, name)
             for key in want[name]:
-                assert torch.equal(want[name][key], got[name][key]), \
+                assert torch.equal(want[name][key], got[name][key]), (
                     f"after {sig.name} and resume, {name}: {key} differs from the uninterrupted run"
+                )
         # the signal checkpoint was superseded and removed; the rotation is the uninterrupted one
         assert [s for s, _ in ck.list_checkpoints(exp / "checkpoints")] == [10, 20]
         assert sorted(q.name for q in (exp / "checkpoints").iterdir()) == ["ckpt-00000010.pt", "ckpt-00000020.pt"]

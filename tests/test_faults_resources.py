@@ -8,6 +8,7 @@ egs/inhouse/conf/tiny, in-process so that the fault can be injected):
   (``skipped_nonfinite`` in train_log.jsonl, kept across checkpoints); training finishes;
 * CUDA only: a batch too large for the (capped) GPU memory -> skipped as out of memory and logged.
 """
+
 from __future__ import annotations
 
 import errno
@@ -17,12 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import test_train_stages as stages  # noqa: E402  (tests/ is on sys.path under pytest)
 import torch
 
 from distill.bin import train as train_cli
 from distill.train import checkpoint as ck
-
-import test_train_stages as stages  # noqa: E402  (tests/ is on sys.path under pytest)
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_TEACHER = REPO / "egs/inhouse/conf/tiny/teacher.yaml"
@@ -35,9 +35,19 @@ def lang(tmp_path_factory) -> Path:
 
 def train(lang: Path, exp: Path, *extra: str) -> int:
     """``python -m distill.bin.train`` in-process; returns the exit status."""
-    argv = ["--config", str(TINY_TEACHER), f"lang_dir={lang}", f"exp_dir={exp}", "train.max_steps=6",
-            "train.checkpoint_interval=2", "train.log_interval=1", "train.progress=false", "data.max_duration=2.5",
-            "data.valid_max_batches=1", *extra]
+    argv = [
+        "--config",
+        str(TINY_TEACHER),
+        f"lang_dir={lang}",
+        f"exp_dir={exp}",
+        "train.max_steps=6",
+        "train.checkpoint_interval=2",
+        "train.log_interval=1",
+        "train.progress=false",
+        "data.max_duration=2.5",
+        "data.valid_max_batches=1",
+        *extra,
+    ]
     with pytest.raises(SystemExit) as e:
         train_cli.main(argv)
     return e.value.code
@@ -62,8 +72,10 @@ def test_enospc_in_checkpoint_write(lang: Path, tmp_path: Path, monkeypatch, cap
     err = capsys.readouterr().err
     target = ck.checkpoint_path(exp / "checkpoints", 4)
     prev = ck.checkpoint_path(exp / "checkpoints", 2)
-    assert f"error: could not write '{target}': no space left on device (no previous file existed; nothing " \
-           f"partial was left behind); the newest complete checkpoint is {prev}" in err, err[-2000:]
+    assert (
+        f"error: could not write '{target}': no space left on device (no previous file existed; nothing "
+        f"partial was left behind); the newest complete checkpoint is {prev}" in err
+    ), err[-2000:]
     assert "Traceback" not in err
     names = sorted(p.name for p in (exp / "checkpoints").iterdir())
     assert names == ["ckpt-00000002.pt"], names
@@ -122,8 +134,9 @@ def test_cuda_oom_batch_is_skipped_and_logged(lang: Path, tmp_path: Path) -> Non
     sf.write(long_wav, (0.1 * np.random.default_rng(0).standard_normal(240 * 16000)).astype(np.float32), 16000)
     rec = Recording.from_file(long_wav, recording_id="long")
     cut = rec.to_cut().with_id("long")
-    cut.supervisions = [SupervisionSegment(id="long", recording_id="long", start=0.0, duration=rec.duration,
-                                           text="A CAT")]
+    cut.supervisions = [
+        SupervisionSegment(id="long", recording_id="long", start=0.0, duration=rec.duration, text="A CAT")
+    ]
     mylang = tmp_path / "lang"
     shutil.copytree(lang, mylang)
     cuts = [*CutSet.from_file(mylang / "cuts_train.jsonl.gz"), cut]  # read all before rewriting the file

@@ -5,6 +5,7 @@ id. A model without tokens (an imported checkpoint, an older model dir) falls ba
 
 The steps run through their ``main`` (one transcribe run as ``python -m`` checks the real command line).
 """
+
 from __future__ import annotations
 
 import io
@@ -21,8 +22,8 @@ import yaml
 from distill.bin import decode as decode_cli
 from distill.bin import transcribe
 from distill.data.tokenizer import (
-    TokenMismatchError,
     Tokenizer,
+    TokenMismatchError,
     check_same_tokens,
     copy_token_files,
     read_token_inventory,
@@ -65,8 +66,17 @@ def env(tmp_path_factory):
     assert run_stage(root, stage_cfg(e, exp, "teacher", train={"max_steps": 2})) == 0
     wav = root / "utt1.wav"
     sf.write(wav, _tone("THE CAT SAT", 7), 16000)
-    return {"root": root, "lang": lang, "other": other, "bigger": bigger, "hf": hf, "model": exp / "model",
-            "toks": toks, "wav": wav, "env": e}
+    return {
+        "root": root,
+        "lang": lang,
+        "other": other,
+        "bigger": bigger,
+        "hf": hf,
+        "model": exp / "model",
+        "toks": toks,
+        "wav": wav,
+        "env": e,
+    }
 
 
 def _train_err(capsys, env, tmp_path: Path, lang: Path, task: str = "distill", **kw) -> tuple[int, str]:
@@ -79,8 +89,10 @@ def _train_err(capsys, env, tmp_path: Path, lang: Path, task: str = "distill", *
 
 def _mismatch(a_label: str, a: Path, b: Path, env, i: int = SWAP[0]) -> str:
     t, o = env["toks"], _tokens(b)
-    return (f"{a_label} '{a}' ({len(t)} tokens) and lang dir '{b}' ({len(o)} tokens) have different tokens: "
-            f"id {i} is {t[i]!r} in the {a_label} but {o[i]!r} in the lang dir")
+    return (
+        f"{a_label} '{a}' ({len(t)} tokens) and lang dir '{b}' ({len(o)} tokens) have different tokens: "
+        f"id {i} is {t[i]!r} in the {a_label} but {o[i]!r} in the lang dir"
+    )
 
 
 # ------------------------------------------------------------------------------------------ the functions
@@ -126,8 +138,14 @@ def test_trained_model_dir_carries_the_bpe_model(env, tmp_path):
     tok = train_bpe(text, lang, vocab_size=20)
     write_lang_files(lang, tok, {w for t in TEXTS + DEV for w in t.split()})
     exp = tmp_path / "exp"
-    cfg = stage_cfg(env["env"], exp, "teacher", lang_dir=str(lang), train={"max_steps": 2},
-                    objective={"distill_weight": 0.0, "lfmmi_weight": 0.0, "ctc_weight": 1.0})
+    cfg = stage_cfg(
+        env["env"],
+        exp,
+        "teacher",
+        lang_dir=str(lang),
+        train={"max_steps": 2},
+        objective={"distill_weight": 0.0, "lfmmi_weight": 0.0, "ctc_weight": 1.0},
+    )
     assert run_stage(tmp_path, cfg) == 0  # the char-vocabulary checkpoint gets a new head
     for f in ("bpe.model", "tokens.txt"):
         assert (exp / "model" / f).read_bytes() == (lang / f).read_bytes(), f
@@ -143,8 +161,15 @@ def test_train_refuses_a_teacher_with_other_tokens(env, tmp_path, capsys):
 
 def test_train_refuses_a_student_init_from_with_other_tokens(env, tmp_path, capsys):
     # the tokenless teacher of the same size passes (size fallback); the student model does not
-    rc, err = _train_err(capsys, env, tmp_path, env["other"], task="distill_streaming", teacher=str(env["hf"]),
-                         student={"init_from": str(env["model"]), "preset": None})
+    rc, err = _train_err(
+        capsys,
+        env,
+        tmp_path,
+        env["other"],
+        task="distill_streaming",
+        teacher=str(env["hf"]),
+        student={"init_from": str(env["model"]), "preset": None},
+    )
     assert rc == 2
     assert err.endswith(f"key 'student.init_from': {_mismatch('model', env['model'], env['other'], env)}")
 
@@ -153,12 +178,15 @@ def test_train_refuses_a_size_mismatch(env, tmp_path, capsys):
     v, bigger = len(env["toks"]), env["bigger"]
     rc, err = _train_err(capsys, env, tmp_path / "a", bigger, teacher=str(env["hf"]))
     assert rc == 2
-    assert err.endswith(f"key 'teacher': teacher '{env['hf']}' has {v} outputs but lang dir '{bigger}' has "
-                        f"{v + 1} tokens")
+    assert err.endswith(
+        f"key 'teacher': teacher '{env['hf']}' has {v} outputs but lang dir '{bigger}' has {v + 1} tokens"
+    )
     rc, err = _train_err(capsys, env, tmp_path / "b", bigger, teacher=str(env["model"]))
     assert rc == 2
-    assert err.endswith(f"key 'teacher': teacher '{env['model']}' ({v} tokens) and lang dir '{bigger}' ({v + 1} "
-                        f"tokens) have different tokens: id {v} is absent in the teacher but 'Z' in the lang dir")
+    assert err.endswith(
+        f"key 'teacher': teacher '{env['model']}' ({v} tokens) and lang dir '{bigger}' ({v + 1} "
+        f"tokens) have different tokens: id {v} is absent in the teacher but 'Z' in the lang dir"
+    )
 
 
 # ------------------------------------------------------------------------------------------ transcribe
@@ -193,16 +221,35 @@ def test_transcribe_model_without_tokens(env, capsys):
 
 
 def test_transcribe_cli_error_is_one_line(env):
-    proc = subprocess.run([sys.executable, "-m", "distill.bin.transcribe", "--model", str(env["model"]),
-                           "--lang-dir", str(env["other"]), str(env["wav"])], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "distill.bin.transcribe",
+            "--model",
+            str(env["model"]),
+            "--lang-dir",
+            str(env["other"]),
+            str(env["wav"]),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip() == f"error: {_mismatch('model', env['model'], env['other'], env)}"
 
 
 # ------------------------------------------------------------------------------------------ decode (stage 6)
 def _decode(env, tmp_path: Path, lang: Path, models: list[dict]) -> tuple[int, str]:
-    cfg = {"lang_dir": str(lang), "exp_root": str(tmp_path), "out_dir": str(tmp_path / "decode"),
-           "methods": ["greedy"], "speed_max_utts": 1, "max_utts": 1, "models": models}
+    cfg = {
+        "lang_dir": str(lang),
+        "exp_root": str(tmp_path),
+        "out_dir": str(tmp_path / "decode"),
+        "methods": ["greedy"],
+        "speed_max_utts": 1,
+        "max_utts": 1,
+        "models": models,
+    }
     tmp_path.mkdir(parents=True, exist_ok=True)
     conf = tmp_path / "decode.yaml"
     conf.write_text(yaml.safe_dump(cfg, sort_keys=False))

@@ -1,5 +1,6 @@
 """Graphs: Fsa container and kaldifst conversion, epsilon removal, CTC topology, n-gram LM / ARPA,
 the denominator graph (both construction routes) and the build_den_graph step."""
+
 from __future__ import annotations
 
 import itertools
@@ -10,8 +11,7 @@ import pytest
 import torch
 
 from distill.graph import Fsa, NgramLM, ctc_topo, ctc_topo_fst, estimate_ngram, remove_epsilon
-from distill.graph.den import (build_den_graph, den_graph_from_arpa, load_token_lm_arrays, read_token_ids,
-                               read_tokens)
+from distill.graph.den import build_den_graph, den_graph_from_arpa, load_token_lm_arrays, read_token_ids, read_tokens
 from distill.graph.ngram import BOS, EOS
 from distill.losses import LFMMILoss
 
@@ -75,9 +75,11 @@ def collapse(x) -> list[int]:
 def allpaths_bigram(lm: NgramLM, y: list[str]) -> float:
     """Weight of token sequence y under a bigram ARPA read as a graph whose back-off arcs are plain
     epsilons (k2/icefall semantics): listed bigram and back-off path both count."""
+
     def step(h: str, w: str) -> float:
         p = 10 ** lm.logprob[1].get((h, w), -math.inf)
         return p + 10 ** lm.backoff[0].get((h,), 0.0) * 10 ** lm.logprob[0][(w,)]
+
     total, h = 0.0, BOS
     for w in y + [EOS]:
         total += math.log(step(h, w))
@@ -87,8 +89,14 @@ def allpaths_bigram(lm: NgramLM, y: list[str]) -> float:
 
 # ---------------------------------------------------------------------------- Fsa
 def small_fsa() -> Fsa:
-    return Fsa(torch.tensor([0, 0, 1, 1, 2]), torch.tensor([1, 2, 1, 2, 0]), torch.tensor([1, 0, 2, 1, 0]),
-               torch.tensor([-0.5, -1.0, -0.25, -2.0, -0.1]), 0, torch.tensor([NEG, -0.3, 0.0]))
+    return Fsa(
+        torch.tensor([0, 0, 1, 1, 2]),
+        torch.tensor([1, 2, 1, 2, 0]),
+        torch.tensor([1, 0, 2, 1, 0]),
+        torch.tensor([-0.5, -1.0, -0.25, -2.0, -0.1]),
+        0,
+        torch.tensor([NEG, -0.3, 0.0]),
+    )
 
 
 def test_fsa_save_load_str_device(tmp_path) -> None:
@@ -165,8 +173,15 @@ def test_remove_epsilon_preserves_summed_weights(seed: int) -> None:
 
 def test_remove_epsilon_rejects_cycles() -> None:
     with pytest.raises(ValueError, match="epsilon cycle"):
-        remove_epsilon(2, torch.tensor([0, 1]), torch.tensor([1, 0]), torch.tensor([-1, -1]),
-                       torch.zeros(2, dtype=torch.float64), 0, torch.zeros(2, dtype=torch.float64))
+        remove_epsilon(
+            2,
+            torch.tensor([0, 1]),
+            torch.tensor([1, 0]),
+            torch.tensor([-1, -1]),
+            torch.zeros(2, dtype=torch.float64),
+            0,
+            torch.zeros(2, dtype=torch.float64),
+        )
 
 
 # ---------------------------------------------------------------------------- CTC topology

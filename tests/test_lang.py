@@ -1,4 +1,5 @@
 """Stage 1 pieces: tokenizers (BPE and characters), lang files, text normalisation, length rules."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_data_helpers import WORDS
 
 from distill.data import TextNormalizer, TextNormConfig, Tokenizer, ctc_min_frames, w2v2_num_frames
 from distill.data.tokenizer import TokenizerError, build_char_tokenizer, train_bpe, write_lang_files
-from test_data_helpers import WORDS
 
 TRAIN = [" ".join(np.random.default_rng(i).choice(WORDS, 6)) for i in range(200)] + ["DON'T STOP O'NEIL"]
 
@@ -91,22 +92,28 @@ def test_bpe_on_a_bounded_sample(tmp_path):
     lines.insert(1234, "1212 12")  # the WORDS use every letter
     (tmp_path / "t.txt").write_text("\n".join(lines) + "\n")
     full = train_bpe(tmp_path / "t.txt", tmp_path / "full", vocab_size=40)
-    a = train_bpe(tmp_path / "t.txt", tmp_path / "a", vocab_size=40, max_sentences=150)
-    b = train_bpe(tmp_path / "t.txt", tmp_path / "b", vocab_size=40, max_sentences=150)
-    assert not full.uncovered_chars("12") and a.uncovered_chars("12") == {"1", "2"}
-    assert a.pieces == b.pieces  # seeded
+    a = train_bpe(tmp_path / "t.txt", tmp_path / "a", vocab_size=40, max_sentences=150, seed=1)
+    other = train_bpe(tmp_path / "t.txt", tmp_path / "o", vocab_size=40, max_sentences=150, seed=0)
+    b = train_bpe(tmp_path / "t.txt", tmp_path / "b", vocab_size=40, max_sentences=150, seed=1)
+    assert not full.uncovered_chars("12") and a.uncovered_chars("12") == {"1", "2"}  # seed 1 leaves it out
+    assert not other.uncovered_chars("12")  # seed 0 draws it
+    assert a.pieces == b.pieces  # seeded, whatever trained before in this process
+    assert not list(tmp_path.glob("*/bpe_train_sample.txt"))  # the sample file is removed
     with pytest.raises(TokenizerError, match="more than 100"):
         train_bpe(tmp_path / "t.txt", tmp_path / "c", vocab_size=40, max_sentences=50)
 
 
-@pytest.mark.parametrize("text,want", [
-    ("Hello, World!", "HELLO WORLD"),
-    ("don't  stop -- the well-known “rock’n’roll” band...", "DON'T STOP THE WELL KNOWN ROCK'N'ROLL BAND"),
-    ("the readers' guide ' x", "THE READERS' GUIDE X"),
-    ("?! ... , -- '", ""),
-    ("ＡＢＣ　ｄｅｆ", "ABC DEF"),  # NFKC
-    ("x <UNK> y", "X <UNK> Y"),
-])
+@pytest.mark.parametrize(
+    "text,want",
+    [
+        ("Hello, World!", "HELLO WORLD"),
+        ("don't  stop -- the well-known “rock’n’roll” band...", "DON'T STOP THE WELL KNOWN ROCK'N'ROLL BAND"),
+        ("the readers' guide ' x", "THE READERS' GUIDE X"),
+        ("?! ... , -- '", ""),
+        ("ＡＢＣ　ｄｅｆ", "ABC DEF"),  # NFKC
+        ("x <UNK> y", "X <UNK> Y"),
+    ],
+)
 def test_text_normaliser_default(text, want):
     assert TextNormalizer()(text) == want
 
@@ -117,7 +124,10 @@ def test_text_normaliser_gigaspeech_and_options():
         garbage_tags=["<SIL>", "<MUSIC>", "<NOISE>", "<OTHER>"],
     )
     n = TextNormalizer(cfg)
-    assert n("AS THEY'RE LEAVING <COMMA> CAN KASH PULL ZAHRA ASIDE <QUESTIONMARK>") == "AS THEY'RE LEAVING CAN KASH PULL ZAHRA ASIDE"
+    assert (
+        n("AS THEY'RE LEAVING <COMMA> CAN KASH PULL ZAHRA ASIDE <QUESTIONMARK>")
+        == "AS THEY'RE LEAVING CAN KASH PULL ZAHRA ASIDE"
+    )
     assert n.is_garbage("<SIL>") and n.is_garbage("<MUSIC> <NOISE> <PERIOD>") and not n.is_garbage("<NOISE> HELLO")
     assert n("<NOISE> HELLO <PERIOD>") == "HELLO"
     assert TextNormalizer(TextNormConfig(case="lower"))("Hello World") == "hello world"
@@ -136,9 +146,9 @@ def test_text_normaliser_word_memo_is_bounded(monkeypatch):
 
 def test_w2v2_frames_match_a_conv_stack():
     """Oracle: the output length of the actual wav2vec 2.0 conv stack (torch Conv1d, no padding)."""
-    convs = torch.nn.Sequential(*[
-        torch.nn.Conv1d(1, 1, k, s, bias=False) for k, s in zip((10, 3, 3, 3, 3, 2, 2), (5, 2, 2, 2, 2, 2, 2))
-    ])
+    convs = torch.nn.Sequential(
+        *[torch.nn.Conv1d(1, 1, k, s, bias=False) for k, s in zip((10, 3, 3, 3, 3, 2, 2), (5, 2, 2, 2, 2, 2, 2))]
+    )
     for n in (400, 401, 719, 720, 1000, 16000, 16319, 16320, 48000, 123457):
         with torch.no_grad():
             t = convs(torch.zeros(1, 1, n)).shape[-1]
@@ -154,8 +164,15 @@ def test_ctc_min_frames_matches_ctc_loss():
         need = ctc_min_frames(ids)
         for T in range(1, 16):
             lp = torch.zeros(T, 1, 5).log_softmax(-1)
-            loss = torch.nn.functional.ctc_loss(lp, torch.tensor([ids]), torch.tensor([T]), torch.tensor([len(ids)]),
-                                                blank=0, reduction="sum", zero_infinity=False)
+            loss = torch.nn.functional.ctc_loss(
+                lp,
+                torch.tensor([ids]),
+                torch.tensor([T]),
+                torch.tensor([len(ids)]),
+                blank=0,
+                reduction="sum",
+                zero_infinity=False,
+            )
             if torch.isfinite(loss):
                 assert T == need, (ids, T, need)
                 break

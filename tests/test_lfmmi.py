@@ -1,4 +1,5 @@
 """LF-MMI engine against a brute-force path-enumeration oracle, gradcheck, properties and bad input."""
+
 from __future__ import annotations
 
 import itertools
@@ -8,8 +9,7 @@ import pytest
 import torch
 
 from distill.graph import Fsa, ctc_topo
-from distill.losses import LFMMILoss, den_log_z, den_occupancy, lfmmi_kd_loss, reduce_finite
-from distill.losses import fb
+from distill.losses import LFMMILoss, den_log_z, den_occupancy, fb, lfmmi_kd_loss, reduce_finite
 
 D = torch.float64
 
@@ -48,8 +48,9 @@ def oracle(fsa: Fsa, x: torch.Tensor, target: list[int] | None = None) -> tuple[
     out = [(fsa.start, 0.0, ())]
     arcs = list(zip(fsa.src.tolist(), fsa.dst.tolist(), fsa.label.tolist(), fsa.score.tolist()))
     for t in range(t_n):
-        out = [(d, w + sc + float(x[t, lab]), labs + (lab,)) for (s, w, labs) in out
-               for (a, d, lab, sc) in arcs if a == s]
+        out = [
+            (d, w + sc + float(x[t, lab]), labs + (lab,)) for (s, w, labs) in out for (a, d, lab, sc) in arcs if a == s
+        ]
     ws, labss = [], []
     for s, w, labs in out:
         f = float(fsa.final[s])
@@ -87,6 +88,7 @@ def test_den_log_z_and_occupancy_match_oracle(seed: int, mode: str) -> None:
     assert g.mode == mode
     layout = fb.SharedLayout(g, x.shape[0], x.shape[2])
     from distill.losses.lfmmi import _LogZ
+
     for ck in (1, 2, 0):
         logz = _LogZ.apply(x, layout, lens, ck)
         (grad,) = torch.autograd.grad(logz.sum(), x)
@@ -94,12 +96,14 @@ def test_den_log_z_and_occupancy_match_oracle(seed: int, mode: str) -> None:
             ref_z, ref_occ = oracle(fsa, x[b, : lens[b]].detach())
             assert logz[b].item() == pytest.approx(ref_z, abs=1e-6)
             assert torch.allclose(grad[b, : lens[b]], ref_occ, atol=1e-6)
-            assert torch.all(grad[b, lens[b]:] == 0)
+            assert torch.all(grad[b, lens[b] :] == 0)
     occ = den_occupancy(x.detach(), lens, fsa)
     for b in range(x.shape[0]):
         assert torch.allclose(occ[b, : lens[b]], oracle(fsa, x[b, : lens[b]].detach())[1], atol=1e-6)
-    assert torch.allclose(den_log_z(x.detach(), lens, fsa),
-                          torch.tensor([oracle(fsa, x[b, : lens[b]].detach())[0] for b in range(3)], dtype=D))
+    assert torch.allclose(
+        den_log_z(x.detach(), lens, fsa),
+        torch.tensor([oracle(fsa, x[b, : lens[b]].detach())[0] for b in range(3)], dtype=D),
+    )
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -120,7 +124,7 @@ def test_lfmmi_and_kd_match_oracle(seed: int) -> None:
         else:
             assert loss[b].item() == pytest.approx(-(zn - zd), abs=1e-6)
             assert torch.allclose(grad[b, : lens[b]], od - on, atol=1e-6)
-        assert torch.all(grad[b, lens[b]:] == 0)
+        assert torch.all(grad[b, lens[b] :] == 0)
     # den_scale != 1
     loss2 = LFMMILoss(fsa, den_scale=0.5)(x.detach(), lens, targets)
     for b in range(3):
@@ -161,8 +165,7 @@ def test_gradcheck_all_four_functions() -> None:
     x.requires_grad_(True)
     teacher = torch.randn(x.shape, dtype=D, generator=torch.Generator().manual_seed(5))
     cands = [[1], [2], [1, 2], [2, 1], [1, 1], [2, 2], []]
-    targets = [next(c for c in cands if oracle(fsa, x[b, : lens[b]].detach(), c)[0] > -math.inf)
-               for b in range(2)]
+    targets = [next(c for c in cands if oracle(fsa, x[b, : lens[b]].detach(), c)[0] > -math.inf) for b in range(2)]
     assert torch.isfinite(LFMMILoss(fsa)(x, lens, targets)).all()
     assert torch.autograd.gradcheck(lambda s: den_log_z(s, lens, fsa), (x,))
     assert torch.autograd.gradcheck(lambda s: den_occupancy(s, lens, fsa), (x,))
@@ -181,19 +184,20 @@ def test_properties_on_ctc_topology() -> None:
     occ = den_occupancy(x.detach(), lens, den)
     for b in range(3):
         assert torch.allclose(occ[b, : lens[b]].sum(-1), torch.ones(int(lens[b]), dtype=D), atol=1e-9)
-        assert torch.all(occ[b, lens[b]:] == 0)
+        assert torch.all(occ[b, lens[b] :] == 0)
     loss = LFMMILoss(den)(x, lens, targets)
     assert torch.all(loss >= -1e-9)
     # flat P: the numerator is CTC (the den of a log-softmax over the CTC topology has logZ = 0)
     assert torch.allclose(den_log_z(x.detach(), lens, den), torch.zeros(3, dtype=D), atol=1e-9)
     flat = torch.cat([torch.tensor(t) for t in targets])
-    ctc = torch.nn.functional.ctc_loss(x.detach().transpose(0, 1), flat, lens, torch.tensor([4, 2, 1]),
-                                       blank=0, reduction="none")
+    ctc = torch.nn.functional.ctc_loss(
+        x.detach().transpose(0, 1), flat, lens, torch.tensor([4, 2, 1]), blank=0, reduction="none"
+    )
     assert torch.allclose(loss.detach(), ctc, atol=1e-8)
     # gradient: padded frames zero
     (grad,) = torch.autograd.grad(loss.sum(), x)
     for b in range(3):
-        assert torch.all(grad[b, lens[b]:] == 0)
+        assert torch.all(grad[b, lens[b] :] == 0)
     # invariance to a per-frame constant, for every function
     shift = torch.randn(3, t_n, 1, dtype=D) * 10
     y = x.detach() + shift
@@ -221,8 +225,9 @@ def test_long_utterance_is_stable() -> None:
     targets = [[1, 2, 3, 4, 5] * 40, [5, 4, 3] * 30]
     loss = LFMMILoss(ctc_topo(v))(x, lens, targets)
     flat = torch.cat([torch.tensor(t) for t in targets])
-    ctc = torch.nn.functional.ctc_loss(x.detach().double().transpose(0, 1), flat, lens,
-                                       torch.tensor([200, 90]), blank=0, reduction="none")
+    ctc = torch.nn.functional.ctc_loss(
+        x.detach().double().transpose(0, 1), flat, lens, torch.tensor([200, 90]), blank=0, reduction="none"
+    )
     assert torch.isfinite(loss).all()
     assert torch.allclose(loss.detach().double(), ctc, rtol=1e-5)
     (grad,) = torch.autograd.grad(loss.sum(), x)

@@ -1,6 +1,7 @@
 """The faster LF-MMI paths against independent references: the stacked (teacher + student) KD pass
 against the separate den passes it replaces, block-wise occupancies and the alpha store policy against
 an autograd log-space recursion, and bench_train's per-term breakdown against the real training step."""
+
 from __future__ import annotations
 
 import math
@@ -9,8 +10,7 @@ import pytest
 import torch
 
 from distill.graph import Fsa, ctc_topo
-from distill.losses import den_log_z, den_occupancy, lfmmi_kd_loss, reduce_finite
-from distill.losses import fb
+from distill.losses import den_log_z, den_occupancy, fb, lfmmi_kd_loss, reduce_finite
 from distill.losses.lfmmi import den_layout
 
 D = torch.float64
@@ -149,7 +149,7 @@ def test_long_occupancy_blocks_and_store_policy_match_autograd(seed: int, monkey
         for b in range(3):
             assert fw.logz[b].item() == pytest.approx(ref_z[b].item(), abs=1e-9)
             assert torch.allclose(occ[b, : lens[b]], ref_g[b], atol=1e-9)
-            assert torch.all(occ[b, lens[b]:] == 0)
+            assert torch.all(occ[b, lens[b] :] == 0)
 
 
 def test_occupancy_adds_scaled_into_a_buffer(monkeypatch) -> None:
@@ -171,11 +171,12 @@ def test_occupancy_adds_scaled_into_a_buffer(monkeypatch) -> None:
 def test_breakdown_step_gives_the_real_steps_gradients(tmp_path) -> None:
     """The timed parts (teacher, student, each loss term forward + backward, student backward) give
     the same parameter gradients as the task's one-backward training step."""
-    from distill.bin.bench_train import Clock, breakdown_step, real_step
+    from model_fixtures import tiny
+
+    from distill.bench.train import Clock, breakdown_step, real_step
     from distill.losses.objective import DistillObjective, ObjectiveConfig
     from distill.models import build_model, make_student
     from distill.train.tasks import DistillTask
-    from model_fixtures import tiny
 
     v = 8
     den = bigram_den(tmp_path, v)
@@ -183,10 +184,17 @@ def test_breakdown_step_gives_the_real_steps_gradients(tmp_path) -> None:
     teacher = build_model(tiny(vocab_size=v), v)
     student = make_student(teacher, tiny(vocab_size=v, num_hidden_layers=1))
     cfg = ObjectiveConfig(alpha=0.8, beta=0.8, ctc_weight=0.1)
-    dims = (lambda m: (m.config.num_hidden_layers, m.config.hidden_size, m.config.feature_dim))
+
+    def dims(m):
+        return (m.config.num_hidden_layers, m.config.hidden_size, m.config.feature_dim)
+
     task = DistillTask(student, teacher, DistillObjective(cfg, den, dims(student), dims(teacher))).train()
-    batch = {"audio": torch.randn(2, 8000) * 0.1, "audio_lens": torch.tensor([8000, 6000]),
-             "tokens": [[1, 2, 3], [4, 5]], "cut_ids": ["a", "b"]}
+    batch = {
+        "audio": torch.randn(2, 8000) * 0.1,
+        "audio_lens": torch.tensor([8000, 6000]),
+        "tokens": [[1, 2, 3], [4, 5]],
+        "cut_ids": ["a", "b"],
+    }
 
     class Capture:
         def step(self) -> None:
@@ -205,8 +213,16 @@ def test_breakdown_step_gives_the_real_steps_gradients(tmp_path) -> None:
         fn(task, batch, opt, contextlib.nullcontext, clock)
         got[name] = opt.grads
         if name == "parts":
-            assert {"teacher forward", "student forward", "loss hid", "loss out", "loss mmi_kd", "loss ctc",
-                    "student backward", "optimizer"} <= set(clock.cpu)
+            assert {
+                "teacher forward",
+                "student forward",
+                "loss hid",
+                "loss out",
+                "loss mmi_kd",
+                "loss ctc",
+                "student backward",
+                "optimizer",
+            } <= set(clock.cpu)
     assert got["real"].keys() == got["parts"].keys() and len(got["real"]) > 10
     for n, g in got["real"].items():
         assert torch.allclose(g, got["parts"][n], atol=1e-6, rtol=1e-4), n

@@ -1,14 +1,15 @@
 """wav2vec 2.0 model family: presets, shapes, padding invariance, bad input, students."""
+
 from __future__ import annotations
 
 import math
 
 import pytest
 import torch
+from model_fixtures import tiny
 
 from distill.models import PRESETS, W2V2Config, build_model, conv_output_length
 from distill.models.student import make_student, teacher_layer_for
-from model_fixtures import tiny
 
 
 def test_preset_sizes():
@@ -32,18 +33,18 @@ def test_preset_sizes():
 
 
 def test_default_student_is_the_recipes_and_the_benchmarked_one():
-    import yaml
     from pathlib import Path
 
-    from distill.bin.bench_models import BenchConfig
-    from distill.bin.train import StudentSection
+    from distill.bench.models import BenchConfig
+    from distill.config import read_config
+    from distill.train.stage_config import StudentSection
 
     name = StudentSection().preset
     assert name in PRESETS and name in BenchConfig().models
     conf = Path(__file__).resolve().parents[1] / "egs"
     for corpus in ("librispeech", "gigaspeech"):
         for c in ("stage1", "stage1_labels_only", "stage1_frame_kl", "stage1_hidden_only"):
-            assert yaml.safe_load((conf / corpus / "conf" / f"{c}.yaml").read_text())["student"]["preset"] == name
+            assert read_config(conf / corpus / "conf" / f"{c}.yaml")["student"]["preset"] == name
 
 
 def test_unknown_preset_and_bad_config():
@@ -69,7 +70,9 @@ def test_forward_shapes_and_lengths(stable, norm):
     assert conv_output_length(torch.tensor([399, 400, 719, 720]), m.config).tolist() == [0, 1, 1, 2]
 
 
-@pytest.mark.parametrize("stable,norm,frontend", [(True, "layer", "cnn"), (False, "group", "cnn"), (True, "layer", "fbank")])
+@pytest.mark.parametrize(
+    "stable,norm,frontend", [(True, "layer", "cnn"), (False, "group", "cnn"), (True, "layer", "fbank")]
+)
 def test_padding_does_not_change_valid_outputs(stable, norm, frontend):
     """A padded batch gives, on valid frames, the outputs of each utterance alone (group norm masked)."""
     torch.manual_seed(1)
@@ -177,8 +180,9 @@ def test_make_student_copies_matching_parts():
             assert torch.equal(sd_s[k], sd_t[k]), k
     assert "lm_head" in s.init_report
     s2 = make_student(teacher, tiny(num_hidden_layers=2), layer_init="first_k", vocab_size=9)
-    assert torch.equal(s2.state_dict()["encoder.layers.1.attention.q_proj.weight"],
-                       sd_t["encoder.layers.1.attention.q_proj.weight"])
+    assert torch.equal(
+        s2.state_dict()["encoder.layers.1.attention.q_proj.weight"], sd_t["encoder.layers.1.attention.q_proj.weight"]
+    )
     assert s2.lm_head.out_features == 9 and "lm_head" not in s2.init_report
     # a student of the same shape with all layers equals the teacher
     same = make_student(teacher, tiny(num_hidden_layers=4)).eval()

@@ -1,4 +1,5 @@
 """Checkpoint import/export against transformers (the oracle) and fairseq key layouts; safe loading."""
+
 from __future__ import annotations
 
 import argparse
@@ -203,7 +204,9 @@ def test_fairseq_key_layout():
     back = fairseq_to_hf_state_dict(fs)
 
     def norm(k):
-        return k.replace("parametrizations.weight.original0", "weight_g").replace("parametrizations.weight.original1", "weight_v")
+        return k.replace("parametrizations.weight.original0", "weight_g").replace(
+            "parametrizations.weight.original1", "weight_v"
+        )
 
     assert set(back) == {norm(k) for k in hf.state_dict()}
     assert all(torch.equal(back[norm(k)], v) for k, v in hf.state_dict().items())
@@ -231,8 +234,10 @@ def fake_omegaconf(monkeypatch):
         monkeypatch.setitem(sys.modules, name, m)
         return m
 
-    root, dc, lc, nodes, base = (module(n) for n in ("omegaconf", "omegaconf.dictconfig", "omegaconf.listconfig",
-                                                     "omegaconf.nodes", "omegaconf.base"))
+    root, dc, lc, nodes, base = (
+        module(n)
+        for n in ("omegaconf", "omegaconf.dictconfig", "omegaconf.listconfig", "omegaconf.nodes", "omegaconf.base")
+    )
     cons = module("fairseq.dataclass.constants")
     module("fairseq")
     module("fairseq.dataclass")
@@ -252,8 +257,9 @@ def fake_omegaconf(monkeypatch):
 
     def meta():
         m = Metadata()
-        m.__dict__.update(ref_type=typing.Any, object_type=dict, optional=True, key=None,
-                          flags={}, resolver_cache=defaultdict(dict))
+        m.__dict__.update(
+            ref_type=typing.Any, object_type=dict, optional=True, key=None, flags={}, resolver_cache=defaultdict(dict)
+        )
         return m
 
     AnyNode = cls(nodes, "AnyNode", {"__getstate__": lambda self: dict(self.__dict__)})

@@ -1,21 +1,21 @@
 """distill.bin.package_model: a shippable HF directory with tokens, training record and a measured WER."""
+
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from model_fixtures import tiny
 
 from distill.bin import package_model
 from distill.data.tokenizer import build_char_tokenizer, write_lang_files
 from distill.models import W2V2Model, load_pretrained, save_pretrained
 from distill.scoring import wer
-from model_fixtures import tiny
 
 TEXTS = ["MY DEAR SISTER", "THE FAMILY OF DASHWOOD", "HAD LONG BEEN SETTLED"]
 
@@ -29,8 +29,11 @@ def made(tmp_path_factory):
     torch.manual_seed(0)
     model = W2V2Model(tiny(vocab_size=tok.vocab_size)).eval()
     save_pretrained(model, tmp / "exp" / "model")
-    rows = [{"type": "train", "step": 10, "updates_per_s": 2.0}, {"type": "valid", "step": 10, "wer": 90.0},
-            {"type": "train", "step": 20, "updates_per_s": 1.0}]
+    rows = [
+        {"type": "train", "step": 10, "updates_per_s": 2.0},
+        {"type": "valid", "step": 10, "wer": 90.0},
+        {"type": "train", "step": 20, "updates_per_s": 1.0},
+    ]
     (tmp / "exp" / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp / "exp" / "train.yaml").write_text("task: teacher\n")
     test = tmp / "test"
@@ -44,17 +47,39 @@ def made(tmp_path_factory):
     (test / "wav.scp").write_text("".join(scp))
     (test / "text").write_text("".join(text))
     out = tmp / "shipped"
-    rc = package_model.main(["--model", str(tmp / "exp" / "model"), "--out", str(out), "--lang-dir", str(lang),
-                             "--train-dir", str(tmp / "exp"), "--test-dir", str(test), "--test-set", "demo-test",
-                             "--command", "python -m distill.bin.train --config conf/x.yaml"])
+    rc = package_model.main(
+        [
+            "--model",
+            str(tmp / "exp" / "model"),
+            "--out",
+            str(out),
+            "--lang-dir",
+            str(lang),
+            "--train-dir",
+            str(tmp / "exp"),
+            "--test-dir",
+            str(test),
+            "--test-set",
+            "demo-test",
+            "--command",
+            "python -m distill.bin.train --config conf/x.yaml",
+        ]
+    )
     assert rc == 0
     return tmp, model, out, test
 
 
 def test_package_is_a_loadable_fp16_hf_directory(made):
     tmp, model, out, _ = made
-    assert {"config.json", "model.safetensors", "tokens.txt", "train.yaml", "train_log.jsonl", "card.json",
-            "README.md"} <= {p.name for p in out.iterdir()}
+    assert {
+        "config.json",
+        "model.safetensors",
+        "tokens.txt",
+        "train.yaml",
+        "train_log.jsonl",
+        "card.json",
+        "README.md",
+    } <= {p.name for p in out.iterdir()}
     assert json.loads((out / "config.json").read_text())["torch_dtype"] == "float16"
     full = (tmp / "exp" / "model" / "model.safetensors").stat().st_size
     assert (out / "model.safetensors").stat().st_size < 0.55 * full
@@ -70,8 +95,12 @@ def test_card_and_readme_state_the_measured_wer(made):
     card = json.loads((out / "card.json").read_text())
     assert card["params"] == sum(p.numel() for p in load_pretrained(out).parameters())
     assert card["training"] == {"updates": 20, "train_hours": round((10 / 2.0 + 10 / 1.0) / 3600, 2)}
-    hyp = subprocess.run([sys.executable, "-m", "distill.bin.transcribe", "--model", str(out), "--wav-scp",
-                          str(test / "wav.scp")], capture_output=True, text=True, check=True).stdout
+    hyp = subprocess.run(
+        [sys.executable, "-m", "distill.bin.transcribe", "--model", str(out), "--wav-scp", str(test / "wav.scp")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     hyps = dict((ln.split(" ", 1) + [""])[:2] for ln in hyp.splitlines())
     refs = dict(ln.split(" ", 1) for ln in (test / "text").read_text().splitlines())
     assert card["test_wer"]["wer"] == pytest.approx(wer(refs, hyps)["wer"])

@@ -1,6 +1,7 @@
 """The CI-sized DistillW2V2 pipeline: ``egs/inhouse/run.sh --demo-size tiny --conf-dir conf/tiny``, stages
 0-6 (demo corpus, manifests, lang, den graph, teacher, stage-1 student and baselines, streaming student and
 baseline, decode + score), run once in a copy of the recipe; each test checks one part of what it made."""
+
 from __future__ import annotations
 
 import json
@@ -9,19 +10,32 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_recipes import (PNG_MAGIC, check_outputs, check_results, check_stage_log, check_trained,
-                          corpus_counts, needs_espeak, recipe_copy, run_recipe, run_sh_default)
+from test_recipes import (
+    PNG_MAGIC,
+    check_outputs,
+    check_results,
+    check_stage_log,
+    check_trained,
+    corpus_counts,
+    needs_espeak,
+    recipe_copy,
+    run_recipe,
+    run_sh_default,
+)
+
+from distill.config import read_config
 
 pytestmark = needs_espeak
 
 ARGS = ("--demo-size", "tiny", "--conf-dir", "conf/tiny")
 STAGE1 = run_sh_default("inhouse", "stage1_configs")
 STAGE2 = run_sh_default("inhouse", "stage2_configs")
-BLOCKS = (["Stage 0 (demo corpus)", "Stage 0 (data)", "Stage 1 (lang)", "Stage 2 (denominator graph)",
-           "Stage 3 (teacher)"]
-          + [f"Stage 4 (stage-1 distillation: {c})" for c in STAGE1]
-          + [f"Stage 5 (stage-2 (streaming) distillation: {c})" for c in STAGE2]
-          + ["Stage 6 (decode + score)"])
+BLOCKS = (
+    ["Stage 0 (demo corpus)", "Stage 0 (data)", "Stage 1 (lang)", "Stage 2 (denominator graph)", "Stage 3 (teacher)"]
+    + [f"Stage 4 (stage-1 distillation: {c})" for c in STAGE1]
+    + [f"Stage 5 (stage-2 (streaming) distillation: {c})" for c in STAGE2]
+    + ["Stage 6 (decode + score)"]
+)
 MAX_SECONDS = 300  # measured ~130 s on 2 loaded CPU cores; a blow-up (e.g. thread oversubscription) fails
 
 
@@ -55,7 +69,7 @@ def test_data_lang_and_den_graph(chain, vocab):
     demo = d / "download" / "demo"
     assert (demo / "kaldi" / "train" / "wav.scp").is_file()
     check_outputs(d, corpus_counts(demo))
-    assert vocab == yaml.safe_load((d / "conf" / "tiny" / "lang.yaml").read_text())["tokenizer"]["vocab_size"]
+    assert vocab == read_config(d / "conf" / "tiny" / "lang.yaml")["tokenizer"]["vocab_size"]
 
 
 def _components(d: Path, name: str) -> set[str]:
@@ -69,7 +83,7 @@ def test_training_stages(chain, vocab):
     """Stages 3-5: every run used its conf/tiny config, finished, averaged two checkpoints and exported a
     model; each trained the loss terms its config weights."""
     d = chain[0]
-    chunk = yaml.safe_load((d / "conf" / "tiny" / "stage2.yaml").read_text())["streaming"]["chunk_frames"][0]
+    chunk = read_config(d / "conf" / "tiny" / "stage2.yaml")["streaming"]["chunk_frames"][0]
     n_teacher = check_trained(d, "teacher", vocab)
     n_s1 = {c: check_trained(d, c, vocab) for c in STAGE1}
     n_s2 = {c: check_trained(d, c, vocab, streaming_chunk=chunk) for c in STAGE2}
@@ -85,8 +99,13 @@ def test_training_stages(chain, vocab):
     assert stage2["teacher"] == stage2["student"]["init_from"] == "exp/stage1/model"
     # input scaling: estimated on the training data for the teacher (wave_norm: fixed), inherited by
     # every student (their CNN is the teacher's) down to the streaming one
-    scaling = {n: {k: json.loads((d / "exp" / n / "model" / "config.json").read_text())["distill"][k]
-                   for k in ("wave_norm", "wave_mean", "wave_std")} for n in ("teacher", *STAGE1, *STAGE2)}
+    scaling = {
+        n: {
+            k: json.loads((d / "exp" / n / "model" / "config.json").read_text())["distill"][k]
+            for k in ("wave_norm", "wave_mean", "wave_std")
+        }
+        for n in ("teacher", *STAGE1, *STAGE2)
+    }
     assert scaling["teacher"]["wave_norm"] == "fixed" and 0.01 < scaling["teacher"]["wave_std"] < 0.5
     assert all(v == scaling["teacher"] for v in scaling.values()), scaling
 
@@ -124,7 +143,8 @@ def test_rerun_skips_every_stage(chain):
 
 def test_teacher_from_scratch_and_packaged(chain, tmp_path):
     """The CI-sized version of how the shipped demo teacher was made: ``--teacher-init scratch`` (stage 3
-    with conf/tiny/teacher_scratch.yaml: CTC first, then LF-MMI + CTC, input scaling estimated), then ``distill.bin.package_model``;
+    with conf/tiny/teacher_scratch.yaml: CTC first, then LF-MMI + CTC, input scaling estimated), then
+    ``distill.bin.package_model``;
     the package transcribes the test set through ``distill.bin.transcribe`` with nothing else."""
     import shutil
     import subprocess
@@ -145,12 +165,31 @@ def test_teacher_from_scratch_and_packaged(chain, tmp_path):
     assert bad.returncode != 0 and "--teacher-init must be pretrained or scratch" in bad.stderr
     pkg = tmp_path / "demo-teacher"
     test_dir = d / "download" / "demo" / "kaldi" / "test"
-    p = subprocess.run([sys.executable, "-m", "distill.bin.package_model", "--model", str(d / "exp" / "teacher" / "model"),
-                        "--lang-dir", str(d / "data" / "lang"), "--train-dir", str(d / "exp" / "teacher"),
-                        "--out", str(pkg), "--test-dir", str(test_dir), "--command", "./run.sh --teacher-init scratch"],
-                       capture_output=True, text=True, cwd=d)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "distill.bin.package_model",
+            "--model",
+            str(d / "exp" / "teacher" / "model"),
+            "--lang-dir",
+            str(d / "data" / "lang"),
+            "--train-dir",
+            str(d / "exp" / "teacher"),
+            "--out",
+            str(pkg),
+            "--test-dir",
+            str(test_dir),
+            "--command",
+            "./run.sh --teacher-init scratch",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=d,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     card = json.loads((pkg / "card.json").read_text())
     assert card["training"]["updates"] == 10 and card["test_wer"]["num_utts"] == len(
-        (test_dir / "text").read_text().splitlines())
+        (test_dir / "text").read_text().splitlines()
+    )
     assert (pkg / "bpe.model").is_file() and (pkg / "train.yaml").is_file()

@@ -4,6 +4,7 @@ the CI-sized ``conf/tiny`` configs (librispeech, gigaspeech; the inhouse chain i
 
 The helpers below (recipe copies, output and result checks) are shared with tests/test_pipeline.py.
 """
+
 from __future__ import annotations
 
 import ast
@@ -18,15 +19,17 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
 
 import pytest
 import yaml
 
+from distill.config import read_config
+
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = ("inhouse", "librispeech", "gigaspeech")
 SCLITE = shutil.which("sclite") or next(
-    (p for p in ("/usr/lib/sctk/bin/sclite", "/usr/bin/sclite") if Path(p).is_file()), None)
+    (p for p in ("/usr/lib/sctk/bin/sclite", "/usr/bin/sclite") if Path(p).is_file()), None
+)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
@@ -40,14 +43,16 @@ def _env() -> dict:
 
 
 def recipe_copy(tmp_path: Path, name: str, vocab_size: int = 40) -> Path:
-    """A copy of egs/<name> (configs may be edited) whose utils/ and path.sh lead back to this checkout.
-    Its full-size conf/lang.yaml gets a token set the tiny corpus can train (conf/tiny has its own)."""
+    """A copy of egs/<name> (configs may be edited) whose utils/, path.sh and ../TEMPLATE (the shared
+    configs and stages.sh) lead back to this checkout. Its full-size conf/lang.yaml gets a token set the
+    tiny corpus can train (conf/tiny has its own)."""
     d = tmp_path / "egs" / name
     shutil.copytree(REPO / "egs" / name, d, symlinks=True, ignore=shutil.ignore_patterns("data", "exp", "download"))
     (tmp_path / "utils").symlink_to(REPO / "utils")
+    (tmp_path / "egs" / "TEMPLATE").symlink_to(REPO / "egs" / "TEMPLATE")
     lang = d / "conf" / "lang.yaml"
     cfg = yaml.safe_load(lang.read_text())
-    cfg["tokenizer"]["vocab_size"] = vocab_size
+    cfg.setdefault("tokenizer", {})["vocab_size"] = vocab_size  # merged over its base's tokenizer section
     lang.write_text(yaml.safe_dump(cfg))
     return d
 
@@ -67,8 +72,17 @@ def run_recipes(jobs: dict[str, tuple[Path, tuple[str, ...]]]) -> dict[str, subp
             files = [open(d / f"run.{s}.txt", "w+") for s in ("stdout", "stderr")]
             calls = args if args and isinstance(args[0], tuple) else (args,)
             script = "set -e\n" + "".join(f"bash {shlex.quote(str(d / 'run.sh'))} {shlex.join(c)}\n" for c in calls)
-            procs[name] = (subprocess.Popen(["bash", "-c", script], stdout=files[0], stderr=files[1],
-                                            text=True, env=_env(), start_new_session=True), files)
+            procs[name] = (
+                subprocess.Popen(
+                    ["bash", "-c", script],
+                    stdout=files[0],
+                    stderr=files[1],
+                    text=True,
+                    env=_env(),
+                    start_new_session=True,
+                ),
+                files,
+            )
         done = {}
         for name, (p, files) in procs.items():
             p.wait()
@@ -124,8 +138,15 @@ def corpus_counts(corpus: Path) -> dict[str, int]:
 
 
 # ------------------------------------------------------------------------------------------ stages 3-5
-_RUNTIME_TRAIN_KEYS = {"exp_dir", "device", "resume", "seed", "exclude_from_checkpoint", "export_prefix",
-                       "ddp_find_unused_parameters"}  # filled in by distill.bin.train from the top level
+_RUNTIME_TRAIN_KEYS = {
+    "exp_dir",
+    "device",
+    "resume",
+    "seed",
+    "exclude_from_checkpoint",
+    "export_prefix",
+    "ddp_find_unused_parameters",
+}  # filled in by distill.bin.train from the top level
 
 
 def check_config_used(d: Path, name: str, conf_dir: str = "conf/tiny", overrides: tuple[str, ...] = ()) -> dict:
@@ -149,8 +170,14 @@ def check_config_used(d: Path, name: str, conf_dir: str = "conf/tiny", overrides
     return got
 
 
-def check_trained(d: Path, name: str, vocab: int, streaming_chunk: Optional[int] = None, conf_dir: str = "conf/tiny",
-                  overrides: tuple[str, ...] = ()) -> int:
+def check_trained(
+    d: Path,
+    name: str,
+    vocab: int,
+    streaming_chunk: int | None = None,
+    conf_dir: str = "conf/tiny",
+    overrides: tuple[str, ...] = (),
+) -> int:
     """A finished training run in exp/<name>: log records, the averaged final model as a loadable Hugging
     Face directory of the lang's vocabulary that carries the lang's tokens; returns the model's parameter
     count."""
@@ -176,7 +203,7 @@ def check_trained(d: Path, name: str, vocab: int, streaming_chunk: Optional[int]
 
 
 # ------------------------------------------------------------------------------------------ stage 6
-def expected_rows(decode_cfg: dict) -> list[tuple[str, dict, Optional[int]]]:
+def expected_rows(decode_cfg: dict) -> list[tuple[str, dict, int | None]]:
     """(row name, config row, chunk) per RESULTS.md row of a decode config, computed here from the rule
     of docs/stage6.md: a row with several chunk sizes gives ``<name>-<chunk x 20>ms`` rows."""
     out = []
@@ -196,8 +223,12 @@ def _parse_tables(md: str) -> dict[str, list[list[str]]]:
     for line in md.splitlines():
         if line.startswith("## "):
             section = line[3:].strip()
-        elif section is not None and line.startswith("| ") and not line.startswith("| ---") \
-                and not line.startswith("| model"):
+        elif (
+            section is not None
+            and line.startswith("| ")
+            and not line.startswith("| ---")
+            and not line.startswith("| model")
+        ):
             tables.setdefault(section, []).append([c.strip() for c in line.strip().strip("|").split("|")])
     return tables
 
@@ -218,22 +249,40 @@ def _read_recogs(path: Path) -> tuple[dict[str, list[str]], dict[str, list[str]]
     return refs, hyps
 
 
-def oracle_errors(tmp: Path, refs: dict[str, list[str]], hyps: dict[str, list[str]]) -> Optional[int]:
+def oracle_errors(tmp: Path, refs: dict[str, list[str]], hyps: dict[str, list[str]]) -> int | None:
     """Total errors (S + D + I) counted by the sclite binary (SCTK), or None when it is not installed."""
     if SCLITE is None:
         return None
     tmp.mkdir(parents=True, exist_ok=True)
     for name, texts in (("ref.trn", refs), ("hyp.trn", hyps)):
         (tmp / name).write_text("".join(" ".join(w) + f" ({u})\n" for u, w in texts.items()), encoding="utf-8")
-    out = subprocess.run([SCLITE, "-r", str(tmp / "ref.trn"), "trn", "-h", str(tmp / "hyp.trn"), "trn",
-                          "-i", "rm", "-o", "pralign", "stdout"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [
+            SCLITE,
+            "-r",
+            str(tmp / "ref.trn"),
+            "trn",
+            "-h",
+            str(tmp / "hyp.trn"),
+            "trn",
+            "-i",
+            "rm",
+            "-o",
+            "pralign",
+            "stdout",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     scores = re.findall(r"^Scores: \(#C #S #D #I\) (\d+) (\d+) (\d+) (\d+)$", out, re.MULTILINE)
     assert len(scores) == len(refs), f"sclite scored {len(scores)} of {len(refs)} utterances:\n{out[-2000:]}"
     return sum(int(s) + int(d) + int(i) for _, s, d, i in scores)
 
 
-def check_results(d: Path, test_sets: list[str], tmp: Path, trained: Optional[set[str]] = None,
-                  conf_dir: str = "conf/tiny") -> list[dict]:
+def check_results(
+    d: Path, test_sets: list[str], tmp: Path, trained: set[str] | None = None, conf_dir: str = "conf/tiny"
+) -> list[dict]:
     """Stage 6 outputs of the recipe copy ``d``: RESULTS.md, results.json, plots, per-model scoring files.
 
     Every row of the decode config the run used is in results.json in config order with complete,
@@ -242,11 +291,12 @@ def check_results(d: Path, test_sets: list[str], tmp: Path, trained: Optional[se
     file with sclite. Returns results.json."""
     exp = d / "exp"
     dec_cfg = yaml.safe_load((exp / "decode" / "decode.yaml").read_text())
-    tiny = yaml.safe_load((d / conf_dir / "decode.yaml").read_text())
-    assert dec_cfg["models"] == [{"form": "fp32", "chunks": None, **m} for m in tiny["models"]], \
+    tiny = read_config(d / conf_dir / "decode.yaml")
+    assert dec_cfg["models"] == [{"form": "fp32", "chunks": None, **m} for m in tiny["models"]], (
         f"stage 6 did not use {conf_dir}/decode.yaml"
+    )
     rows = expected_rows(tiny)
-    own_chunk = yaml.safe_load((d / conf_dir / "stage2.yaml").read_text())["streaming"]["chunk_frames"][0]
+    own_chunk = read_config(d / conf_dir / "stage2.yaml")["streaming"]["chunk_frames"][0]
     results = json.loads((exp / "results.json").read_text())
     assert isinstance(results, list) and [r["name"] for r in results] == [n for n, _, _ in rows]
     methods = dec_cfg["methods"]
@@ -315,8 +365,11 @@ def check_results(d: Path, test_sets: list[str], tmp: Path, trained: Optional[se
             elif tw:
                 assert rel == f"{100 * (r['wer'][ts] - tw) / tw:+.1f}%", cells
     # plots: non-trivial PNG files
-    for png in [f"wer_vs_latency_{ts}.png" for ts in test_sets] + [f"wer_vs_size_{ts}.png" for ts in test_sets] \
-            + ["training_curves.png"]:
+    for png in (
+        [f"wer_vs_latency_{ts}.png" for ts in test_sets]
+        + [f"wer_vs_size_{ts}.png" for ts in test_sets]
+        + ["training_curves.png"]
+    ):
         data = (exp / png).read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 2000, png
     return results
@@ -353,18 +406,34 @@ def test_tiny_configs_cover_the_default_run(name, tmp_path, monkeypatch):
             check_config(cfg, c)
         except ConfigError as e:  # the den graph only exists after stage 2
             assert "denominator graph" in str(e), e
-    decode = yaml.safe_load((tiny / "decode.yaml").read_text())
+    decode = read_config(tiny / "decode.yaml")
     paths = {m["path"].split("/")[1] for m in decode["models"]}
     assert paths <= set(train), f"conf/tiny/decode.yaml decodes models no tiny config trains: {paths - set(train)}"
     assert decode["num_threads"] == 1 and decode["max_utts"] <= 50
 
 
+@pytest.mark.parametrize("name", RECIPES)
+def test_tiny_configs_are_the_full_ones_at_ci_size(name):
+    """conf/tiny/X.yaml inherits conf/X.yaml, then a CI-size layer of egs/TEMPLATE/conf/tiny: CI runs the
+    recipe's own objective, schedule, augmentation and freezing, only smaller (docs/ci_pipeline.md)."""
+    for f in sorted((REPO / "egs" / name / "conf" / "tiny").glob("*.yaml")):
+        bases = yaml.safe_load(f.read_text())["base"]
+        assert bases[0] == f"../{f.name}", f"{f}: not on top of conf/{f.name}"
+        assert all(b.startswith("../../../TEMPLATE/tiny/") for b in bases[1:]), f
+
+
 # Stages 0-6 with conf/tiny; stage 4/5 train only the DistillW2V2 students (the baselines run the same
 # code and are covered by tests/test_pipeline.py): their decode rows must read "not trained".
 _SHORT = ("--conf-dir", "conf/tiny", "--stage1-configs", "stage1", "--stage2-configs", "stage2")
-_SHORT_BLOCKS = ["Stage 0 (data)", "Stage 1 (lang)", "Stage 2 (denominator graph)", "Stage 3 (teacher)",
-                 "Stage 4 (stage-1 distillation: stage1)", "Stage 5 (stage-2 (streaming) distillation: stage2)",
-                 "Stage 6 (decode + score)"]
+_SHORT_BLOCKS = [
+    "Stage 0 (data)",
+    "Stage 1 (lang)",
+    "Stage 2 (denominator graph)",
+    "Stage 3 (teacher)",
+    "Stage 4 (stage-1 distillation: stage1)",
+    "Stage 5 (stage-2 (streaming) distillation: stage2)",
+    "Stage 6 (decode + score)",
+]
 
 
 @pytest.fixture(scope="module")
@@ -374,10 +443,14 @@ def runs(corpus, tmp_path_factory) -> dict[str, tuple[Path, subprocess.Completed
     d = {n: recipe_copy(tmp_path_factory.mktemp(n), n) for n in RECIPES}
     jobs = {
         "inhouse": (d["inhouse"], ("--stop-stage", "2", "--corpus-dir", str(corpus / "kaldi"))),
-        "librispeech": (d["librispeech"], ("--corpus-dir", str(corpus), "--parts",
-                                           "train-clean-100 dev-clean test-clean", *_SHORT)),
-        "gigaspeech": (d["gigaspeech"], ("--corpus-dir", str(corpus / "GigaSpeech"), "--subsets", "XS DEV TEST",
-                                         *_SHORT)),
+        "librispeech": (
+            d["librispeech"],
+            ("--corpus-dir", str(corpus), "--parts", "train-clean-100 dev-clean test-clean", *_SHORT),
+        ),
+        "gigaspeech": (
+            d["gigaspeech"],
+            ("--corpus-dir", str(corpus / "GigaSpeech"), "--subsets", "XS DEV TEST", *_SHORT),
+        ),
     }
     return {n: (d[n], r) for n, r in run_recipes(jobs).items()}
 
@@ -395,10 +468,10 @@ def test_inhouse_kaldi_dirs(runs, corpus):
 
 def check_short_chain(d: Path, tmp: Path) -> list[dict]:
     vocab = len((d / "data" / "lang" / "tokens.txt").read_text().splitlines())
-    assert vocab == yaml.safe_load((d / "conf" / "tiny" / "lang.yaml").read_text())["tokenizer"]["vocab_size"]
+    assert vocab == read_config(d / "conf" / "tiny" / "lang.yaml")["tokenizer"]["vocab_size"]
     n_teacher = check_trained(d, "teacher", vocab)
     n_student = check_trained(d, "stage1", vocab)
-    chunk = yaml.safe_load((d / "conf" / "tiny" / "stage2.yaml").read_text())["streaming"]["chunk_frames"][0]
+    chunk = read_config(d / "conf" / "tiny" / "stage2.yaml")["streaming"]["chunk_frames"][0]
     check_trained(d, "stage2", vocab, streaming_chunk=chunk)
     assert n_student < n_teacher
     for c in ("stage1_labels_only", "stage1_frame_kl", "stage2_labels_only"):

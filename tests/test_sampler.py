@@ -1,4 +1,5 @@
 """The training data pipeline: DDP coverage, exact mid-epoch resume, batch contents, augmentation."""
+
 from __future__ import annotations
 
 import logging
@@ -11,12 +12,11 @@ import soundfile as sf
 import torch
 from lhotse import CutSet, Recording, SupervisionSegment
 from lhotse.dataset import SimpleCutSampler
+from test_data_helpers import WORDS
 
-from distill.data import (AsrDataLoader, AsrDataset, Tokenizer, WaveformTimeMask, make_dataloader,
-                          mask_time_channels)
+from distill.data import AsrDataLoader, AsrDataset, Tokenizer, WaveformTimeMask, make_dataloader, mask_time_channels
 from distill.data.tokenizer import build_char_tokenizer
 from distill.train import IndexBatchSampler
-from test_data_helpers import WORDS
 
 N_CUTS = 57
 
@@ -52,7 +52,10 @@ def _ids(dl, epoch: int) -> list[list[str]]:
 def test_two_ranks_cover_every_cut_once(corpus, epoch):
     cuts, _, tok = corpus
     per_rank = [
-        _ids(make_dataloader(cuts, tok, max_duration=4.0, shuffle=True, rank=r, world_size=2, seed=7, num_buckets=4), epoch)
+        _ids(
+            make_dataloader(cuts, tok, max_duration=4.0, shuffle=True, rank=r, world_size=2, seed=7, num_buckets=4),
+            epoch,
+        )
         for r in range(2)
     ]
     assert len(per_rank[0]) == len(per_rank[1])  # ranks stay in lockstep
@@ -79,8 +82,18 @@ def test_resume_mid_epoch(corpus, num_workers):
     cuts, _, tok = corpus
 
     def mk(workers: int):
-        return make_dataloader(cuts, tok, max_duration=3.0, shuffle=True, rank=1, world_size=2, seed=3,
-                               num_buckets=4, num_workers=workers, speed_perturb=(0.9, 1.0, 1.1))
+        return make_dataloader(
+            cuts,
+            tok,
+            max_duration=3.0,
+            shuffle=True,
+            rank=1,
+            world_size=2,
+            seed=3,
+            num_buckets=4,
+            num_workers=workers,
+            speed_perturb=(0.9, 1.0, 1.1),
+        )
 
     ref = mk(0)
     ref.set_epoch(2)
@@ -116,6 +129,7 @@ class _Ids(torch.utils.data.Dataset):
 
 def _dummy_cuts(n: int) -> CutSet:
     from lhotse.testing.dummies import dummy_cut
+
     return CutSet.from_cuts(dummy_cut(i, duration=1.0 + (i % 3) / 2) for i in range(n))
 
 
@@ -194,8 +208,10 @@ def test_state_formats_and_errors(corpus):
         mk().load_state_dict({"position": 3})
     too_far = mk()
     too_far.load_state_dict({"epoch": 2, "count": len(full) + 1})
-    with pytest.raises(RuntimeError, match=f"position is batch {len(full) + 1} of epoch 2, but the sampler "
-                                           f"yields only {len(full)} batches"):
+    with pytest.raises(
+        RuntimeError,
+        match=f"position is batch {len(full) + 1} of epoch 2, but the sampler yields only {len(full)} batches",
+    ):
         iter(too_far)
 
 
@@ -267,11 +283,19 @@ def test_mask_time_channels():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(4, 50, 16, requires_grad=True)
     lens = torch.tensor([50, 30, 10, 1])
-    y, tm, cm = mask_time_channels(x, lens, num_time_masks=3, max_time_width=5, num_channel_masks=2,
-                                   max_channel_width=3, generator=g, return_masks=True)
+    y, tm, cm = mask_time_channels(
+        x,
+        lens,
+        num_time_masks=3,
+        max_time_width=5,
+        num_channel_masks=2,
+        max_channel_width=3,
+        generator=g,
+        return_masks=True,
+    )
     assert y.shape == x.shape and not torch.equal(y, x)
     for b in range(4):
-        assert not tm[b, lens[b]:].any()
+        assert not tm[b, lens[b] :].any()
         assert int(tm[b].sum()) <= 15 and int(cm[b].sum()) <= 6
         masked = tm[b][:, None] | cm[b][None, :]
         assert torch.equal(y[b][masked], torch.zeros(int(masked.sum())))
@@ -280,10 +304,25 @@ def test_mask_time_channels():
     assert torch.equal(x.grad, (~(tm[:, :, None] | cm[:, None, :])).float())
     # a [C] mask value (a learned mask embedding) fills masked frames; same generator seed, same masks
     emb = torch.arange(16.0)
-    y2, tm2, _ = mask_time_channels(x.detach(), lens, num_time_masks=3, max_time_width=5, num_channel_masks=0,
-                                    mask_value=emb, generator=torch.Generator().manual_seed(5), return_masks=True)
-    y3 = mask_time_channels(x.detach(), lens, num_time_masks=3, max_time_width=5, num_channel_masks=0,
-                            mask_value=emb, generator=torch.Generator().manual_seed(5))
+    y2, tm2, _ = mask_time_channels(
+        x.detach(),
+        lens,
+        num_time_masks=3,
+        max_time_width=5,
+        num_channel_masks=0,
+        mask_value=emb,
+        generator=torch.Generator().manual_seed(5),
+        return_masks=True,
+    )
+    y3 = mask_time_channels(
+        x.detach(),
+        lens,
+        num_time_masks=3,
+        max_time_width=5,
+        num_channel_masks=0,
+        mask_value=emb,
+        generator=torch.Generator().manual_seed(5),
+    )
     assert torch.equal(y2, y3)
     assert tm2.any() and torch.equal(y2[tm2], emb.expand(int(tm2.sum()), 16))
     with pytest.raises(ValueError, match="B, T, C"):

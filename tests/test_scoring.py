@@ -1,4 +1,5 @@
 """distill.scoring: Levenshtein mode vs jiwer, result keys, bad input, GigaSpeech normalisation, files, CLI."""
+
 from __future__ import annotations
 
 import math
@@ -20,8 +21,24 @@ from distill.scoring import (
     write_wer_summary,
 )
 
-KEYS = {"ins", "del", "sub", "corr", "ref_words", "hyp_words", "wer", "num_errs", "num_utts", "num_sent_errs",
-        "ser", "missing_hyps", "mode", "normalize", "case_sensitive", "utts"}
+KEYS = {
+    "ins",
+    "del",
+    "sub",
+    "corr",
+    "ref_words",
+    "hyp_words",
+    "wer",
+    "num_errs",
+    "num_utts",
+    "num_sent_errs",
+    "ser",
+    "missing_hyps",
+    "mode",
+    "normalize",
+    "case_sensitive",
+    "utts",
+}
 
 
 def random_corpus(seed: int, n: int, vocab: str = "abcdef", max_len: int = 15):
@@ -163,7 +180,7 @@ def test_validate_refs_and_strict():
 
 def test_read_kaldi_text(tmp_path):
     p = tmp_path / "text"
-    p.write_bytes("u1 hello world\n\nu2\nu3   spaced   out  \n".encode())
+    p.write_bytes(b"u1 hello world\n\nu2\nu3   spaced   out  \n")
     assert read_kaldi_text(p) == {"u1": "hello world", "u2": "", "u3": "spaced   out"}
     p.write_bytes(b"u1 ok\nu2 caf\xe9\n")
     with pytest.raises(ValueError, match=r"text:2: utterance 'u2'.*UTF-8"):
@@ -286,8 +303,22 @@ def _texts(tmp_path, ref: str, hyp: str):
 
 def test_cli_prints_kaldi_line_and_writes_files(tmp_path, capsys):
     r, h = _texts(tmp_path, "u1 a b c\nu2 UH hello\nu3 x\n", "u1 a x c d\nu2 hello\n")
-    rc = score_main(["--ref", str(r), "--hyp", str(h), "--normalize", "gigaspeech", "--out-dir",
-                     str(tmp_path / "out"), "--test-set", "dev", "--suffix", "greedy"])
+    rc = score_main(
+        [
+            "--ref",
+            str(r),
+            "--hyp",
+            str(h),
+            "--normalize",
+            "gigaspeech",
+            "--out-dir",
+            str(tmp_path / "out"),
+            "--test-set",
+            "dev",
+            "--suffix",
+            "greedy",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0
     assert out.splitlines()[0] == "%WER 60.00 [ 3 / 5, 1 ins, 1 del, 1 sub ]"
@@ -311,6 +342,10 @@ def test_cli_levenshtein_and_errors(tmp_path, capsys):
 
 def test_cli_module_entry_point(tmp_path):
     r, h = _texts(tmp_path, "u1 a b\n", "u1 a b\n")
-    out = subprocess.run([sys.executable, "-m", "distill.bin.score", "--ref", str(r), "--hyp", str(h)],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "distill.bin.score", "--ref", str(r), "--hyp", str(h)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert out.startswith("%WER 0.00 [ 0 / 2, 0 ins, 0 del, 0 sub ]")

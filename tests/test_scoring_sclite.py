@@ -3,6 +3,7 @@
 sclite is the oracle: per-utterance counts (C, S, D, I) and the alignments themselves must be equal.
 The tests are skipped when sclite is not installed (CI installs sctk).
 """
+
 from __future__ import annotations
 
 import random
@@ -38,8 +39,20 @@ def run_sclite(tmp: Path, refs: dict[str, list[str]], hyps: dict[str, list[str]]
         with open(tmp / name, "w", encoding="utf-8") as f:
             for uid, words in texts.items():
                 f.write(" ".join(words) + f" ({uid})\n")
-    cmd = [SCLITE, "-r", str(tmp / "ref.trn"), "trn", "-h", str(tmp / "hyp.trn"), "trn", "-i", "rm",
-           "-o", "pralign", "stdout"]
+    cmd = [
+        SCLITE,
+        "-r",
+        str(tmp / "ref.trn"),
+        "trn",
+        "-h",
+        str(tmp / "hyp.trn"),
+        "trn",
+        "-i",
+        "rm",
+        "-o",
+        "pralign",
+        "stdout",
+    ]
     if case_sensitive:
         cmd.append("-s")
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, encoding="utf-8").stdout
@@ -80,8 +93,11 @@ def compare(tmp: Path, refs, hyps, case_sensitive: bool = False) -> dict:
         fold = (lambda w: w) if case_sensitive else ascii_lower
         assert as_pralign(ali, case_sensitive) == [(fold(r), fold(h)) for r, h in sc_ali], uid
         totals = [t + x for t, x in zip(totals, sc_counts)]
-    res = wer({u: " ".join(w) for u, w in refs.items()}, {u: " ".join(w) for u, w in hyps.items()},
-              case_sensitive=case_sensitive)
+    res = wer(
+        {u: " ".join(w) for u, w in refs.items()},
+        {u: " ".join(w) for u, w in hyps.items()},
+        case_sensitive=case_sensitive,
+    )
     assert [res["corr"], res["sub"], res["del"], res["ins"]] == totals
     return res
 

@@ -1,4 +1,6 @@
-"""utils/parse_options.sh (Kaldi semantics) and utils/stage.sh (markers, timing, skipping)."""
+"""utils/parse_options.sh (Kaldi semantics), utils/stage.sh (markers, timing, skipping) and the recipes'
+layout (run.sh with stage 0, egs/TEMPLATE/stages.sh with stages 1-6)."""
+
 from __future__ import annotations
 
 import subprocess
@@ -138,12 +140,17 @@ def test_unimplemented_stage_fails_clearly(tmp_path: Path):
 
 @pytest.mark.parametrize("recipe", ["librispeech", "gigaspeech", "inhouse"])
 def test_recipe_layout(recipe):
+    """A recipe: its run.sh (options, stage 0) sources the shared stages 1-6 of egs/TEMPLATE/stages.sh."""
     d = REPO / "egs" / recipe
     assert (d / "run.sh").stat().st_mode & 0o111
     assert (d / "utils").resolve() == (REPO / "utils").resolve()
     assert (d / "path.sh").is_file() and (d / "conf").is_dir() and (d / "local").is_dir()
     text = (d / "run.sh").read_text()
-    for n in range(7):
-        assert f"$stage -le {n} ] && [ $stop_stage -ge {n} ]" in text
+    assert "$stage -le 0 ] && [ $stop_stage -ge 0 ]" in text
+    assert text.rstrip().splitlines()[-1].startswith(". ../TEMPLATE/stages.sh")
+    assert (d / "../TEMPLATE/stages.sh").resolve() == REPO / "egs" / "TEMPLATE" / "stages.sh"
+    shared = (REPO / "egs" / "TEMPLATE" / "stages.sh").read_text()
+    for n in range(1, 7):
+        assert f"$stage -le {n} ] && [ $stop_stage -ge {n} ]" in shared and f"-le {n} ]" not in text
     r = subprocess.run(["bash", str(d / "run.sh"), "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "--stop-stage" in r.stdout

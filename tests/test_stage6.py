@@ -4,6 +4,7 @@ student and streaming student in Hugging Face format, every form (fp32, int8, ON
 missing model; RESULTS.md / results.json / scoring files / plots checked against each other and against
 an independent greedy + jiwer computation.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -25,8 +26,10 @@ from distill.models.config import W2V2Config
 from distill.models.wav2vec2 import W2V2Model
 from tests.test_train_stages import STUDENT_ARCH, TEACHER_ARCH, TEXTS, _tone, make_lang
 
-TEST_SETS = {"test-a": ["THE CAT SAT", "A DOG RAN", "THE RAT", "CAT RAN"],
-             "test-b": ["A CAT SAT", "THE DOG", "DOG SAT", "A RAT RAN"]}
+TEST_SETS = {
+    "test-a": ["THE CAT SAT", "A DOG RAN", "THE RAT", "CAT RAN"],
+    "test-b": ["A CAT SAT", "THE DOG", "DOG SAT", "A RAT RAN"],
+}
 BROKEN = "test-b-002"  # its audio file is not audio
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -62,8 +65,10 @@ def _model(arch: dict, vocab: int, seed: int, chunk: int = 0) -> W2V2Model:
 
 def _train_log(path: Path, n: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    recs = [{"type": "train", "step": s, "epoch": 0, "loss": 5.0 / s, "hid": 1.0 / s, "lr": 1e-3, "time": 1e9 + s}
-            for s in range(1, n + 1)]
+    recs = [
+        {"type": "train", "step": s, "epoch": 0, "loss": 5.0 / s, "hid": 1.0 / s, "lr": 1e-3, "time": 1e9 + s}
+        for s in range(1, n + 1)
+    ]
     recs.append({"type": "valid", "step": n, "epoch": 0, "loss": 4.0, "wer": 90.0, "best": True, "time": 1e9})
     path.write_text("".join(json.dumps(r) + "\n" for r in recs) + "garbage line\n")
 
@@ -78,8 +83,17 @@ ROWS = [
     {"name": "streaming-int8-onnx", "path": "exp/stage2/model", "form": "onnx-int8"},
     {"name": "student-fbank-onnx", "path": "exp/stage1_fbank/model", "form": "onnx"},  # input distillation
 ]
-EXPECTED = ["teacher", "student", "student-labels-only", "streaming-160ms", "streaming-320ms", "student-int8",
-            "student-onnx", "streaming-int8-onnx", "student-fbank-onnx"]
+EXPECTED = [
+    "teacher",
+    "student",
+    "student-labels-only",
+    "streaming-160ms",
+    "streaming-320ms",
+    "student-int8",
+    "student-onnx",
+    "streaming-int8-onnx",
+    "student-fbank-onnx",
+]
 
 
 @pytest.fixture(scope="module")
@@ -99,10 +113,19 @@ def stage6(tmp_path_factory):
     save_pretrained(_model(fbank, vocab, 3), exp / "stage1_fbank" / "model")
     _train_log(exp / "teacher" / "train_log.jsonl", 10)
     _train_log(exp / "stage1" / "train_log.jsonl", 6)
-    cfg = {"lang_dir": str(lang), "graph_dir": str(root / "lang_test"), "exp_root": str(exp),
-           "out_dir": str(exp / "decode"), "methods": ["greedy", "hlg", "hp"], "beam": 8.0, "max_active": 200,
-           "scoring_mode": "levenshtein", "speed_max_utts": 3, "piece_ms": 60.0,
-           "models": [dict(r, path=str(root / r["path"])) for r in ROWS]}
+    cfg = {
+        "lang_dir": str(lang),
+        "graph_dir": str(root / "lang_test"),
+        "exp_root": str(exp),
+        "out_dir": str(exp / "decode"),
+        "methods": ["greedy", "hlg", "hp"],
+        "beam": 8.0,
+        "max_active": 200,
+        "scoring_mode": "levenshtein",
+        "speed_max_utts": 3,
+        "piece_ms": 60.0,
+        "models": [dict(r, path=str(root / r["path"])) for r in ROWS],
+    }
     conf = root / "decode.yaml"
     conf.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return root, lang, conf
@@ -185,9 +208,11 @@ def test_results_tables_json_and_files_agree(ran):
     assert by["streaming-int8-onnx"]["latency_ms"] == 320  # the model's own chunk (16 frames)
     assert by["teacher"]["params"] > by["student"]["params"] == by["student-int8"]["params"]
     # the size of the form actually used
-    for name, f in (("student", "stage1/model/model.safetensors"),
-                    ("student-int8", "decode/student-int8/model_int8.pt"),
-                    ("student-onnx", "decode/student-onnx/model.onnx")):
+    for name, f in (
+        ("student", "stage1/model/model.safetensors"),
+        ("student-int8", "decode/student-int8/model_int8.pt"),
+        ("student-onnx", "decode/student-onnx/model.onnx"),
+    ):
         assert by[name]["size_mb"] == pytest.approx((exp / f).stat().st_size / 2**20, abs=1e-3)
     assert (exp / "decode/streaming-int8-onnx/model.int8.onnx").is_file()
     assert (exp / "decode/streaming-int8-onnx/step-c16.int8.onnx").is_file()
@@ -253,8 +278,13 @@ def test_unreadable_audio_is_all_deletions_and_listed(ran):
 def test_plots_are_pngs(ran):
     root = ran[0]
     exp = root / "exp"
-    for name in ("wer_vs_latency_test-a.png", "wer_vs_latency_test-b.png", "wer_vs_size_test-a.png",
-                 "wer_vs_size_test-b.png", "training_curves.png"):
+    for name in (
+        "wer_vs_latency_test-a.png",
+        "wer_vs_latency_test-b.png",
+        "wer_vs_size_test-a.png",
+        "wer_vs_size_test-b.png",
+        "training_curves.png",
+    ):
         p = exp / name
         assert p.read_bytes()[:8] == PNG and p.stat().st_size > 2000, name
 
@@ -279,8 +309,9 @@ def _lang_copy_with(stage6, tmp_path, text: bytes, part: str = "test-a") -> Path
 def test_bad_reference_stops_before_decoding(stage6, tmp_path, capsys, text, msg):
     root, lang, conf = stage6
     new = _lang_copy_with(stage6, tmp_path, text)
-    rc = decode.main(["--config", str(conf), f"lang_dir={new}", f"out_dir={tmp_path / 'dec'}",
-                      f"exp_root={tmp_path / 'exp'}"])
+    rc = decode.main(
+        ["--config", str(conf), f"lang_dir={new}", f"out_dir={tmp_path / 'dec'}", f"exp_root={tmp_path / 'exp'}"]
+    )
     err = capsys.readouterr().err
     assert rc == 1
     assert msg in err and "test-a-000" in err and "test-a" in err
@@ -303,15 +334,22 @@ def test_config_errors(stage6, tmp_path, capsys):
         decode.main(["--config", str(conf), f"models={rows}"])
     assert "result row 'a'" in capsys.readouterr().err
     # a missing graph is an input error naming the file and the command that builds it
-    rc = decode.main(["--config", str(conf), f"graph_dir={tmp_path / 'none'}", f"out_dir={tmp_path / 'd'}",
-                      f"exp_root={tmp_path / 'e'}"])
+    rc = decode.main(
+        [
+            "--config",
+            str(conf),
+            f"graph_dir={tmp_path / 'none'}",
+            f"out_dir={tmp_path / 'd'}",
+            f"exp_root={tmp_path / 'e'}",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 1 and "HLG.fst" in err and "build_decode_graph" in err
 
 
 def test_recipe_decode_configs_validate(repo_root, tmp_path):
-    from distill.config import load_config
-    from distill.decode.evaluate import DecodeConfig, check_config, row_names
+    from distill.config import load_config, read_config
+    from distill.decode.config import DecodeConfig, check_config, row_names
 
     for corpus in ("librispeech", "gigaspeech", "inhouse"):
         for sub in ("", "tiny/"):
@@ -325,7 +363,7 @@ def test_recipe_decode_configs_validate(repo_root, tmp_path):
             # model paths are the exp_dir/model of the recipe's training configs (tiny: or of the full ones,
             # a row that the tiny run does not train is reported as "not trained")
             confs = [*path.parent.glob("*.yaml"), *(path.parent.parent.glob("*.yaml") if sub else [])]
-            train_dirs = {yaml.safe_load(p.read_text()).get("exp_dir") for p in confs}
+            train_dirs = {read_config(p).get("exp_dir") for p in confs}
             for r in cfg.models:
                 assert str(Path(r.path).parent) in train_dirs, (path, r.path)
 

@@ -1,9 +1,11 @@
 """Streaming: chunk mask, chunk-wise recogniser == chunk-masked full forward, bounded memory, fbank."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from model_fixtures import tiny
 
 from distill.models import build_model
 from distill.models.streaming import (
@@ -12,7 +14,6 @@ from distill.models.streaming import (
     compute_fbank_knf,
     streaming_model,
 )
-from model_fixtures import tiny
 
 
 def test_chunk_attention_mask_matches_definition():
@@ -36,10 +37,18 @@ def run_stream(rec, wave, rng, lo=160, hi=16000):
     return torch.cat(outs)
 
 
-@pytest.mark.parametrize("stable,left,kw", [(True, None, {}), (True, 2, {}), (False, 1, {}), (False, 0, {}),
-                                           (True, 1, dict(wave_norm="fixed", wave_mean=-0.02, wave_std=0.3)),
-                                           (True, 1, dict(wave_norm="running", wave_mean=-0.02, wave_std=0.3)),
-                                           (True, 1, dict(conv_dim=(8, 8, 16, 16, 16, 16, 16)))])  # widening CNN
+@pytest.mark.parametrize(
+    "stable,left,kw",
+    [
+        (True, None, {}),
+        (True, 2, {}),
+        (False, 1, {}),
+        (False, 0, {}),
+        (True, 1, dict(wave_norm="fixed", wave_mean=-0.02, wave_std=0.3)),
+        (True, 1, dict(wave_norm="running", wave_mean=-0.02, wave_std=0.3)),
+        (True, 1, dict(conv_dim=(8, 8, 16, 16, 16, 16, 16))),
+    ],
+)  # widening CNN
 def test_streaming_equals_chunk_masked_forward(stable, left, kw):
     torch.manual_seed(0)
     m = build_model(tiny(do_stable_layer_norm=stable, **kw), 7).eval()
@@ -84,8 +93,16 @@ def test_streaming_bad_input():
 
 def test_memory_flat_over_ten_minutes():
     """10 minutes of audio with bounded left context: cache and buffers do not grow."""
-    cfg = tiny(hidden_size=8, num_attention_heads=2, intermediate_size=8, num_hidden_layers=1, conv_dim=(4,) * 7,
-               num_conv_pos_embeddings=4, num_conv_pos_embedding_groups=2, vocab_size=3)
+    cfg = tiny(
+        hidden_size=8,
+        num_attention_heads=2,
+        intermediate_size=8,
+        num_hidden_layers=1,
+        conv_dim=(4,) * 7,
+        num_conv_pos_embeddings=4,
+        num_conv_pos_embedding_groups=2,
+        vocab_size=3,
+    )
     m = build_model(cfg, 3).eval()
     rec = StreamingRecognizer(m, 24, left_chunks=2)
     piece = torch.randn(16000) * 0.1

@@ -1,4 +1,5 @@
 """The distillation objective against direct computations, and the task modules' gradient flow."""
+
 from __future__ import annotations
 
 import math
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from distill.config import ConfigError
 from distill.graph.den import build_den_graph
 from distill.losses import LFMMILoss, lfmmi_kd_loss
-from distill.losses.objective import (DistillObjective, ObjectiveConfig, TeacherTargets, frame_kl, layer_map)
+from distill.losses.objective import DistillObjective, ObjectiveConfig, TeacherTargets, frame_kl, layer_map
 from distill.models.config import W2V2Config
 from distill.models.wav2vec2 import W2V2Model
 from distill.train.tasks import DistillTask, TeacherTask
@@ -86,8 +87,14 @@ def test_hidden_mse_projects_to_the_teacher_width_and_trains_the_projections():
     obj = DistillObjective(ObjectiveConfig(alpha=0.0), None, (2, 3, 3), (4, 5, 5))
     res = obj(s, lengths, student_hidden=hs, teacher=targets_for(ht, t, lengths))
     with torch.no_grad():
-        want = sum(float(((obj.proj[k](hs[si]) - ht[ti]) ** 2).mean(-1)[b, :n].sum())
-                   for k, (si, ti) in enumerate(((1, 2), (2, 4))) for b, n in enumerate(lengths.tolist())) / 2
+        want = (
+            sum(
+                float(((obj.proj[k](hs[si]) - ht[ti]) ** 2).mean(-1)[b, :n].sum())
+                for k, (si, ti) in enumerate(((1, 2), (2, 4)))
+                for b, n in enumerate(lengths.tolist())
+            )
+            / 2
+        )
     assert float(res.loss.detach()) == pytest.approx(want, rel=1e-5)
     res.loss.backward()
     assert all(p.weight.grad is not None and p.weight.grad.abs().sum() > 0 for p in obj.proj)
@@ -111,21 +118,32 @@ def test_a1_b1_is_lfmmi_kd_and_output_mse_is_direct(den):
 
 def test_full_formula_is_the_weighted_sum_of_components(den):
     lengths, s, t, hs, ht = rand_batch(2)
-    cfg = ObjectiveConfig(alpha=0.7, beta=0.6, distill_weight=0.9, lfmmi_weight=0.3, ctc_weight=0.2, kl_weight=0.4,
-                          kl_temperature=2.0)
+    cfg = ObjectiveConfig(
+        alpha=0.7, beta=0.6, distill_weight=0.9, lfmmi_weight=0.3, ctc_weight=0.2, kl_weight=0.4, kl_temperature=2.0
+    )
     obj = DistillObjective(cfg, den, (2, 5, 5), (4, 5, 5))
     tokens = [[3, 4], [5], [4, 4]]
     res = obj(s, lengths, student_hidden=hs, teacher=targets_for(ht, t, lengths), targets=tokens)
     c = res.stats
-    hid = sum(float(((hs[si].detach()[b, :n] - ht[ti][b, :n]) ** 2).mean(-1).sum())
-              for si, ti in ((1, 2), (2, 4)) for b, n in enumerate(lengths.tolist())) / 2
+    hid = (
+        sum(
+            float(((hs[si].detach()[b, :n] - ht[ti][b, :n]) ** 2).mean(-1).sum())
+            for si, ti in ((1, 2), (2, 4))
+            for b, n in enumerate(lengths.tolist())
+        )
+        / 2
+    )
     assert c["hid"] == pytest.approx(hid, rel=1e-5)
     assert c["lfmmi"] == pytest.approx(float(LFMMILoss(den)(s, lengths, tokens).sum()), rel=1e-6)
     flat = torch.tensor([x for q in tokens for x in q])
     ctc = F.ctc_loss(s.transpose(0, 1), flat, lengths, torch.tensor([2, 1, 2]), reduction="sum")
     assert c["ctc"] == pytest.approx(float(ctc), rel=1e-5)
-    want = 0.9 * (0.3 * c["hid"] + 0.7 * (0.6 * c["mmi_kd"] + 0.4 * c["out"])) + 0.3 * c["lfmmi"] \
-        + 0.2 * c["ctc"] + 0.4 * c["kl"]
+    want = (
+        0.9 * (0.3 * c["hid"] + 0.7 * (0.6 * c["mmi_kd"] + 0.4 * c["out"]))
+        + 0.3 * c["lfmmi"]
+        + 0.2 * c["ctc"]
+        + 0.4 * c["kl"]
+    )
     assert float(res.loss) == pytest.approx(want, rel=1e-5)
 
 
@@ -140,7 +158,7 @@ def test_frame_kl_equals_a_hand_written_kl():
                 zt = t[b, f].double().numpy() / temp
                 ps = np.exp(zs - zs.max()) / np.exp(zs - zs.max()).sum()
                 pt = np.exp(zt - zt.max()) / np.exp(zt - zt.max()).sum()
-                want += float((pt * np.log(pt / ps)).sum()) * temp ** 2
+                want += float((pt * np.log(pt / ps)).sum()) * temp**2
         assert got == pytest.approx(want, rel=1e-5)
     assert float(frame_kl(t, t, lengths)) == pytest.approx(0.0, abs=1e-5)
 
@@ -152,8 +170,12 @@ def test_phases_and_validation():
     cfg = ObjectiveConfig(distill_weight=0.0, lfmmi_weight=1.0, ctc_weight=0.0, ctc_only_steps=5)
     assert cfg.weights(4)["ctc"] == 1.0 and cfg.weights(4)["lfmmi"] == 0.0
     assert cfg.weights(5) == {"hid": 0, "out": 0, "mmi_kd": 0, "lfmmi": 1.0, "ctc": 0, "kl": 0, "feat": 0}
-    for bad, key in ((dict(alpha=1.2), "alpha"), (dict(kl_temperature=0.0), "kl_temperature"),
-                     (dict(distill_weight=0.0), "every loss weight is 0"), (dict(ctc_weight=-1.0), "ctc_weight")):
+    for bad, key in (
+        (dict(alpha=1.2), "alpha"),
+        (dict(kl_temperature=0.0), "kl_temperature"),
+        (dict(distill_weight=0.0), "every loss weight is 0"),
+        (dict(ctc_weight=-1.0), "ctc_weight"),
+    ):
         with pytest.raises(ConfigError, match=key):
             ObjectiveConfig(**bad).validate()
     with pytest.raises(ConfigError, match="den"):
@@ -172,17 +194,32 @@ def test_unreachable_sequences_are_dropped_and_counted(den):
 
 
 def tiny(layers: int, dim: int, conv: int = 16) -> W2V2Model:
-    cfg = W2V2Config(vocab_size=V, hidden_size=dim, num_hidden_layers=layers, num_attention_heads=2,
-                     intermediate_size=2 * dim, conv_dim=(conv,) * 7, feat_extract_norm="layer", conv_bias=True,
-                     do_stable_layer_norm=True, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)
+    cfg = W2V2Config(
+        vocab_size=V,
+        hidden_size=dim,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=2 * dim,
+        conv_dim=(conv,) * 7,
+        feat_extract_norm="layer",
+        conv_bias=True,
+        do_stable_layer_norm=True,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4,
+    )
     return W2V2Model(cfg)
 
 
 def batch(seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     audio = torch.randn(2, 9000, generator=g) * 0.1
-    return {"audio": audio, "audio_lens": torch.tensor([9000, 7000]), "tokens": [[3, 4, 5], [4]],
-            "cut_ids": ["u1", "u2"], "texts": ["x", "y"]}
+    return {
+        "audio": audio,
+        "audio_lens": torch.tensor([9000, 7000]),
+        "tokens": [[3, 4, 5], [4]],
+        "cut_ids": ["u1", "u2"],
+        "texts": ["x", "y"],
+    }
 
 
 def test_distill_task_gradients_reach_student_and_projections_not_teacher(den):
@@ -209,8 +246,9 @@ def test_distill_task_gradients_reach_student_and_projections_not_teacher(den):
 def test_teacher_task_and_frontend_features(den):
     torch.manual_seed(0)
     model = tiny(2, 16)
-    task = TeacherTask(model, DistillObjective(ObjectiveConfig(distill_weight=0.0, lfmmi_weight=1.0, ctc_weight=0.5),
-                                               den, (2, 16, 16)))
+    task = TeacherTask(
+        model, DistillObjective(ObjectiveConfig(distill_weight=0.0, lfmmi_weight=1.0, ctc_weight=0.5), den, (2, 16, 16))
+    )
     out = task(batch())
     assert set(out["stats"]) == {"lfmmi", "ctc"}
     assert float(out["loss"]) == pytest.approx(out["stats"]["lfmmi"] + 0.5 * out["stats"]["ctc"], rel=1e-5)
@@ -226,16 +264,19 @@ def test_teacher_task_and_frontend_features(den):
 
 def test_overrides_that_change_the_layout_of_a_loaded_model_name_the_key():
     """``student.init_from`` + ``student.overrides`` that change shapes: a config error, not a traceback."""
-    from distill.bin.train import _apply_overrides
+    from model_fixtures import tiny
+
     from distill.config import ConfigError
     from distill.models import build_model
-    from distill.train.tasks import rebuild_with_config
-    from model_fixtures import tiny
+    from distill.train.stage_models import _apply_overrides, rebuild_with_config
 
     m = build_model(tiny(), 7)
     assert rebuild_with_config(m, hidden_dropout=0.2).config.hidden_dropout == 0.2
-    with pytest.raises(ConfigError, match=r"key 'student.overrides'.*\['intermediate_size'\] change the parameter "
-                                          r"layout \(size mismatch for encoder"):
+    with pytest.raises(
+        ConfigError,
+        match=r"key 'student.overrides'.*\['intermediate_size'\] change the parameter "
+        r"layout \(size mismatch for encoder",
+    ):
         _apply_overrides(m, {"intermediate_size": 64}, "student.overrides")
 
 
@@ -250,8 +291,7 @@ def test_teacher_cache_states_its_disk_cost_and_refuses_what_does_not_fit(tmp_pa
     from distill.train.tasks import TeacherCache, TeacherCacheError
 
     frames, vals = 215, 500  # 4.3 s cuts, scores over a 500-token vocabulary
-    cache = TeacherCache(tmp_path / "c", {"teacher": "t"}, values_per_frame=vals, hours=20 * 4.3 / 3600,
-                         utterances=20)
+    cache = TeacherCache(tmp_path / "c", {"teacher": "t"}, values_per_frame=vals, hours=20 * 4.3 / 3600, utterances=20)
     assert cache.bytes_per_hour(vals) == 3600 * 50 * vals * 2
     with caplog.at_level(logging.INFO):
         cache.open()
@@ -263,9 +303,13 @@ def test_teacher_cache_states_its_disk_cost_and_refuses_what_does_not_fit(tmp_pa
 
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**12, 0, 5 * 10**9))
-    big = TeacherCache(tmp_path / "big", {"teacher": "t"}, values_per_frame=12 * 1024, hours=10_000.0,
-                       utterances=8_300_000)
-    with pytest.raises(TeacherCacheError, match=r"would need 44263\.8 GB \(4\.42 GB per hour of audio x 10000\.0 h"
-                       r".* only 5\.0 GB are free"):
+    big = TeacherCache(
+        tmp_path / "big", {"teacher": "t"}, values_per_frame=12 * 1024, hours=10_000.0, utterances=8_300_000
+    )
+    with pytest.raises(
+        TeacherCacheError,
+        match=r"would need 44263\.8 GB \(4\.42 GB per hour of audio x 10000\.0 h"
+        r".* only 5\.0 GB are free",
+    ):
         big.open()
     assert not (tmp_path / "big").exists()

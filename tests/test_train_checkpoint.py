@@ -1,4 +1,5 @@
 """Checkpoint files, experiment-directory lock, averaging and RNG capture (distill.train)."""
+
 from __future__ import annotations
 
 import errno
@@ -23,8 +24,13 @@ def _files(d: Path) -> list[str]:
 
 
 def test_atomic_save_roundtrip_weights_only(tmp_path: Path) -> None:
-    obj = {"format": ck.CKPT_FORMAT, "model": {"w": torch.arange(4.0)}, "trainer": {"step": 3},
-           "rng": ck.rng_state(), "nested": [1, 2.5, "x", None, (1, 2)]}
+    obj = {
+        "format": ck.CKPT_FORMAT,
+        "model": {"w": torch.arange(4.0)},
+        "trainer": {"step": 3},
+        "rng": ck.rng_state(),
+        "nested": [1, 2.5, "x", None, (1, 2)],
+    }
     p = ck.atomic_save(obj, tmp_path / "ckpt-00000003.pt")
     back = ck.load(p)  # weights_only=True inside
     assert torch.equal(back["model"]["w"], obj["model"]["w"]) and back["trainer"]["step"] == 3
@@ -36,11 +42,13 @@ def _half_then(exc: BaseException):
         f.write(b"PK\x03\x04 half a zip")
         f.flush()
         raise exc
+
     return write
 
 
 def _torch_save_disk_full(obj, f):
     """torch.save into a file that runs out of space after 1000 bytes (torch wraps the OSError)."""
+
     class Full:
         n = 0
 
@@ -52,14 +60,21 @@ def _torch_save_disk_full(obj, f):
 
         def flush(self):
             f.flush()
+
     torch.save(obj, Full())
 
 
-@pytest.mark.parametrize("writer,match", [
-    (_half_then(OSError(errno.ENOSPC, "No space left on device")), "no space left on device.*previous file is intact"),
-    (_torch_save_disk_full, "no space left on device.*previous file is intact"),
-    (_half_then(RuntimeError("serialiser exploded half-way")), "serialiser exploded"),
-])
+@pytest.mark.parametrize(
+    "writer,match",
+    [
+        (
+            _half_then(OSError(errno.ENOSPC, "No space left on device")),
+            "no space left on device.*previous file is intact",
+        ),
+        (_torch_save_disk_full, "no space left on device.*previous file is intact"),
+        (_half_then(RuntimeError("serialiser exploded half-way")), "serialiser exploded"),
+    ],
+)
 def test_failed_write_keeps_previous_and_leaves_nothing(tmp_path: Path, monkeypatch, writer, match) -> None:
     target = tmp_path / "ckpt-00000002.pt"
     ck.atomic_save({"format": ck.CKPT_FORMAT, "v": torch.ones(3)}, target)
@@ -107,7 +122,12 @@ def test_rng_state_roundtrip() -> None:
 
 
 def test_model_file_and_filter(tmp_path: Path) -> None:
-    state = {"student.w": torch.ones(2), "student.b": torch.zeros(1), "teacher.w": torch.ones(5), "proj.w": torch.ones(1)}
+    state = {
+        "student.w": torch.ones(2),
+        "student.b": torch.zeros(1),
+        "teacher.w": torch.ones(5),
+        "proj.w": torch.ones(1),
+    }
     kept = ck.filter_state(state, ("teacher.",), "student.")
     assert set(kept) == {"w", "b"}
     ck.save_model_file(kept, tmp_path / "m.pt", step=7, metrics={"wer": 1.5})
@@ -123,8 +143,11 @@ def test_model_file_and_filter(tmp_path: Path) -> None:
 def test_average_checkpoints(tmp_path: Path) -> None:
     paths = []
     for i in range(3):
-        st = {"w": torch.full((2, 2), float(i), dtype=torch.float32), "h": torch.tensor([i], dtype=torch.float16),
-              "n": torch.tensor(10 * i)}
+        st = {
+            "w": torch.full((2, 2), float(i), dtype=torch.float32),
+            "h": torch.tensor([i], dtype=torch.float16),
+            "n": torch.tensor(10 * i),
+        }
         paths.append(ck.save_model_file(st, tmp_path / f"m{i}.pt"))
     avg = average_checkpoints(paths, tmp_path / "avg.pt")
     assert torch.equal(avg["w"], torch.ones(2, 2)) and avg["w"].dtype == torch.float32
@@ -146,8 +169,10 @@ def test_lock_refuses_second_holder(tmp_path: Path) -> None:
 
 
 def test_stale_lock_of_a_killed_process_does_not_block(tmp_path: Path) -> None:
-    code = ("import fcntl,os,sys,time; fd=os.open(sys.argv[1], os.O_RDWR|os.O_CREAT); "
-            "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, b'pid x'); print('locked', flush=True); time.sleep(60)")
+    code = (
+        "import fcntl,os,sys,time; fd=os.open(sys.argv[1], os.O_RDWR|os.O_CREAT); "
+        "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, b'pid x'); print('locked', flush=True); time.sleep(60)"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / ".lock")], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
@@ -165,6 +190,7 @@ def test_forked_children_do_not_hold_the_lock(tmp_path: Path) -> None:
     """A DataLoader worker forked by a run must not keep the lock after the run is killed."""
     import os
     import signal
+
     lock = ExpDirLock(tmp_path).acquire()
     r, w = os.pipe()
     pid = os.fork()

@@ -3,8 +3,10 @@
 The two ranks are started with the environment ``torchrun`` sets (RANK, WORLD_SIZE, LOCAL_RANK,
 MASTER_ADDR, MASTER_PORT), so ``distill.train.distributed.init()`` is exercised as in real runs.
 Rank batches differ in size, rank 1 has a NaN loss on the gradient-synchronising micro-batch of the
-second update, rank 0 runs out of memory in the forward pass of the third update, and the first layer is frozen for the first update (DDP is re-wrapped at unfreezing).
+second update, rank 0 runs out of memory in the forward pass of the third update, and the first layer is
+frozen for the first update (DDP is re-wrapped at unfreezing).
 """
+
 from __future__ import annotations
 
 import json
@@ -13,12 +15,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import train_ddp_script as ddp  # noqa: E402  (tests/ is on sys.path under pytest)
+import train_toy_script as toy  # noqa: E402
 
 from distill.train import Trainer
 from distill.train import checkpoint as ck
-
-import train_ddp_script as ddp  # noqa: E402  (tests/ is on sys.path under pytest)
-import train_toy_script as toy  # noqa: E402
 
 
 def _free_port() -> int:
@@ -32,8 +33,13 @@ def test_ddp_matches_single_process_on_combined_batches(tmp_path: Path) -> None:
     port = str(_free_port())
     procs = []
     for rank in range(ddp.WORLD):
-        env = {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(ddp.WORLD),
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+        env = {
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": str(ddp.WORLD),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": port,
+        }
         procs.append(toy.run_child(ddp.child, str(exp), str(out), env))
     for p in procs:
         p.join(120)
@@ -58,6 +64,7 @@ def test_ddp_matches_single_process_on_combined_batches(tmp_path: Path) -> None:
     def curve(d: Path) -> list[tuple]:
         recs = [json.loads(x) for x in (d / "train_log.jsonl").read_text().splitlines()]
         return [(r["step"], r["loss"], r["grad_norm"], r["num"], r["items"]) for r in recs if r["type"] == "train"]
+
     a, b = curve(exp), curve(tmp_path / "single")
     assert [x[0] for x in a] == [1, 2, 3]
     assert [v for row in a for v in row] == pytest.approx([v for row in b for v in row], rel=1e-5)

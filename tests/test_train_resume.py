@@ -5,6 +5,7 @@ updates, checkpoints every 2) once uninterrupted, and once as a chain of process
 random points: SIGKILL inside a micro-batch (mid-update), SIGTERM (clean stop, exit 143), SIGKILL
 half-way through a checkpoint write. Each process resumes from what the previous one left.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,15 +15,23 @@ from pathlib import Path
 
 import pytest
 import torch
+import train_toy_script as toy  # noqa: E402  (tests/ is on sys.path under pytest)
 
 from distill.train import checkpoint as ck
 
-import train_toy_script as toy  # noqa: E402  (tests/ is on sys.path under pytest)
-
 
 def _argv(exp: Path, sampler: str, max_steps: int, *extra: str) -> list[str]:
-    return ["--exp-dir", str(exp), "--out", str(exp / "final.pt"), "--sampler", sampler,
-            "--max-steps", str(max_steps), *extra]
+    return [
+        "--exp-dir",
+        str(exp),
+        "--out",
+        str(exp / "final.pt"),
+        "--sampler",
+        sampler,
+        "--max-steps",
+        str(max_steps),
+        *extra,
+    ]
 
 
 def _join(p, what: str, timeout: float = 120.0) -> int:
@@ -34,15 +43,17 @@ def _join(p, what: str, timeout: float = 120.0) -> int:
     return p.exitcode
 
 
-def _run_chain(tmp_path: Path, sampler: str, max_steps: int, chain: list[tuple[list[str], int]],
-               workers: int = 0) -> None:
+def _run_chain(
+    tmp_path: Path, sampler: str, max_steps: int, chain: list[tuple[list[str], int]], workers: int = 0
+) -> None:
     """Start the reference run in the background, run the chain, compare the final parameters."""
     extra = ["--workers", str(workers)]
     ref_dir, run_dir = tmp_path / "ref", tmp_path / "run"
     ref = toy.run_child(toy.child, _argv(ref_dir, sampler, max_steps, *extra, "--tensorboard"))
     for args, want_rc in chain + [([], 0)]:
-        rc = _join(toy.run_child(toy.child, _argv(run_dir, sampler, max_steps, *extra, "--tensorboard", *args)),
-                   f"run {args}")
+        rc = _join(
+            toy.run_child(toy.child, _argv(run_dir, sampler, max_steps, *extra, "--tensorboard", *args)), f"run {args}"
+        )
         log = (run_dir / "train.log").read_text() if (run_dir / "train.log").exists() else ""
         assert rc == want_rc, f"{args}: exit code {rc}, wanted {want_rc}\n{log[-3000:]}"
         if args and args[0] == "--term-at":
@@ -60,6 +71,7 @@ def _run_chain(tmp_path: Path, sampler: str, max_steps: int, chain: list[tuple[l
     def curve(d: Path) -> list[tuple]:
         recs = [json.loads(x) for x in (d / "train_log.jsonl").read_text().splitlines()]
         return [(r["type"], r["step"], r.get("loss"), r.get("grad_norm"), r.get("lr")) for r in recs]
+
     # the resumed run's training log is the uninterrupted one (minus timing fields)
     assert curve(ref_dir) == curve(run_dir)
     for name in ("avg2.pt", "best.pt"):
@@ -84,6 +96,8 @@ def test_kill_term_and_crash_in_write_resume_exactly(tmp_path: Path, seed: int) 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_lhotse_sampler_with_prefetching_worker_resumes_exactly(tmp_path: Path, seed: int) -> None:
     rng = random.Random(100 + seed)
-    chain = [(["--kill-at", str(rng.randrange(3, 9))], -signal.SIGKILL),
-             (["--kill-at", str(rng.randrange(5, 12))], -signal.SIGKILL)]
+    chain = [
+        (["--kill-at", str(rng.randrange(3, 9))], -signal.SIGKILL),
+        (["--kill-at", str(rng.randrange(5, 12))], -signal.SIGKILL),
+    ]
     _run_chain(tmp_path, "lhotse", 16, chain, workers=1)

@@ -1,4 +1,5 @@
 """distill.train.schedulers: factor values at known points, LambdaLR wiring, registry, checkpointing."""
+
 from __future__ import annotations
 
 import io
@@ -13,8 +14,11 @@ from distill.train.schedulers import SCHEDULES, build_scheduler, register_schedu
 
 
 def test_tri_stage_exponential_points() -> None:
-    f = schedule_factor(ScheduleConfig(name="tri_stage", warmup_steps=10, hold_steps=5, decay_steps=20,
-                                       init_lr_scale=0.01, final_lr_scale=0.04))
+    f = schedule_factor(
+        ScheduleConfig(
+            name="tri_stage", warmup_steps=10, hold_steps=5, decay_steps=20, init_lr_scale=0.01, final_lr_scale=0.04
+        )
+    )
     assert f(0) == pytest.approx(0.01)
     assert f(5) == pytest.approx(0.01 + 0.99 * 0.5)
     assert f(10) == pytest.approx(1.0)
@@ -25,12 +29,19 @@ def test_tri_stage_exponential_points() -> None:
 
 
 def test_tri_stage_linear_and_phase_ratio() -> None:
-    f = schedule_factor(ScheduleConfig(name="tri_stage", warmup_steps=0, hold_steps=0, decay_steps=10,
-                                       decay="linear", final_lr_scale=0.0))
+    f = schedule_factor(
+        ScheduleConfig(
+            name="tri_stage", warmup_steps=0, hold_steps=0, decay_steps=10, decay="linear", final_lr_scale=0.0
+        )
+    )
     assert f(1) == pytest.approx(0.9)
     assert f(5) == pytest.approx(0.5)
-    f = schedule_factor(ScheduleConfig(name="tri_stage", phase_ratio=[0.1, 0.4, 0.5], init_lr_scale=0.0,
-                                       final_lr_scale=0.5, decay="linear"), total_steps=100)
+    f = schedule_factor(
+        ScheduleConfig(
+            name="tri_stage", phase_ratio=[0.1, 0.4, 0.5], init_lr_scale=0.0, final_lr_scale=0.5, decay="linear"
+        ),
+        total_steps=100,
+    )
     assert f(5) == pytest.approx(0.5)  # mid warm-up (10 updates)
     assert f(10) == f(50) == pytest.approx(1.0)
     assert f(75) == pytest.approx(0.75)
@@ -66,6 +77,7 @@ def test_registry() -> None:
     @register_schedule("test_half")
     def _half(cfg: ScheduleConfig, total: int):
         return lambda u: 0.5
+
     try:
         assert schedule_factor(ScheduleConfig(name="test_half"))(3) == 0.5
         with pytest.raises(ValueError, match="already registered"):

@@ -3,6 +3,7 @@ tiny models; checkpoints, the exported HF model, streaming, resume, teacher cach
 
 The builders at the top are also used by tests/test_tasks.py.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,14 @@ from distill.models.wav2vec2 import W2V2Model
 TEXTS = ["A CAT", "THE DOG", "A DOG SAT", "THE CAT RAN", "DOG RAN", "CAT SAT", "THE RAT", "A RAT RAN"]
 DEV = ["THE CAT SAT", "A DOG"]
 
-TINY = dict(num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, conv_dim=[16] * 7,
-            feat_extract_norm="layer", conv_bias=True, do_stable_layer_norm=True)
+TINY = dict(
+    num_conv_pos_embeddings=16,
+    num_conv_pos_embedding_groups=4,
+    conv_dim=[16] * 7,
+    feat_extract_norm="layer",
+    conv_bias=True,
+    do_stable_layer_norm=True,
+)
 TEACHER_ARCH = dict(TINY, hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64)
 STUDENT_ARCH = dict(TINY, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32)
 
@@ -85,6 +92,7 @@ def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("stages")
     lang = make_lang(root)
     from distill.data.tokenizer import Tokenizer
+
     vocab = Tokenizer.load(lang).vocab_size
     teacher = make_teacher_hf(root, vocab)
     return root, lang, teacher, vocab
@@ -96,17 +104,35 @@ def write_cfg(path: Path, cfg: dict) -> Path:
 
 
 def base_train(exp: Path, steps: int = 3, **kw) -> dict:
-    t = {"max_steps": steps, "log_interval": 1, "valid_interval": 0, "checkpoint_interval": 1, "keep_last": 3,
-         "average_last": 2, "progress": False, "tensorboard": False, "best_metric": "wer",
-         "optim": {"lr": 1e-3}, "schedule": {"name": "constant", "warmup_steps": 0}}
+    t = {
+        "max_steps": steps,
+        "log_interval": 1,
+        "valid_interval": 0,
+        "checkpoint_interval": 1,
+        "keep_last": 3,
+        "average_last": 2,
+        "progress": False,
+        "tensorboard": False,
+        "best_metric": "wer",
+        "optim": {"lr": 1e-3},
+        "schedule": {"name": "constant", "warmup_steps": 0},
+    }
     t.update(kw)
     return t
 
 
 def stage_cfg(env, exp: Path, task: str, **kw) -> dict:
     root, lang, teacher, _ = env
-    cfg = {"task": task, "lang_dir": str(lang), "exp_dir": str(exp), "device": "cpu", "num_workers": 0, "final": "avg",
-           "data": {"max_duration": 2.5, "valid_max_duration": 10.0}, "train": base_train(exp)}
+    cfg = {
+        "task": task,
+        "lang_dir": str(lang),
+        "exp_dir": str(exp),
+        "device": "cpu",
+        "num_workers": 0,
+        "final": "avg",
+        "data": {"max_duration": 2.5, "valid_max_duration": 10.0},
+        "train": base_train(exp),
+    }
     if task == "teacher":
         cfg["model"] = {"init": "pretrained", "path": str(teacher), "overrides": {"hidden_dropout": 0.0}}
         cfg["objective"] = {"distill_weight": 0.0, "lfmmi_weight": 1.0}
@@ -137,6 +163,7 @@ def check_outputs(exp: Path, in_memory: W2V2Model | None = None) -> W2V2Model:
     model = load_pretrained(exp / "model")
     src = json.loads((exp / "final.json").read_text())["source"]
     from distill.train.checkpoint import load_model_state
+
     state = load_model_state(exp / src)
     for k, v in model.state_dict().items():
         assert torch.equal(v, state[k]), k
@@ -155,10 +182,15 @@ def scores_equal(a: W2V2Model, b: W2V2Model, seconds: float = 1.3) -> None:
 # ------------------------------------------------------------------------------------------ tests
 def test_teacher_stage_lfmmi_with_ctc_warmup(env, tmp_path):
     exp = tmp_path / "teacher"
-    cfg = stage_cfg(env, exp, "teacher", final="best",
-                    objective={"distill_weight": 0.0, "lfmmi_weight": 0.7, "ctc_weight": 0.3, "ctc_only_steps": 1},
-                    spec_augment={"time_prob": 0.05, "time_length": 2, "channel_masks": 1, "channel_width": 4},
-                    train=base_train(exp, freeze=[{"prefixes": ["feature_extractor."], "steps": -1}]))
+    cfg = stage_cfg(
+        env,
+        exp,
+        "teacher",
+        final="best",
+        objective={"distill_weight": 0.0, "lfmmi_weight": 0.7, "ctc_weight": 0.3, "ctc_only_steps": 1},
+        spec_augment={"time_prob": 0.05, "time_length": 2, "channel_masks": 1, "channel_width": 4},
+        train=base_train(exp, freeze=[{"prefixes": ["feature_extractor."], "steps": -1}]),
+    )
     assert run_stage(tmp_path, cfg) == 0
     model = check_outputs(exp)
     recs = [json.loads(x) for x in (exp / "train_log.jsonl").read_text().splitlines()]
@@ -199,12 +231,19 @@ def test_stage1_distill_exports_student(env, tmp_path):
 def test_stage2_streaming_and_dynamic_chunks(env, tmp_path):
     root, lang, teacher, _ = env
     s1 = tmp_path / "s1"
-    assert run_stage(tmp_path, stage_cfg(env, s1, "distill", train=base_train(s1, steps=1, average_last=0),
-                                         final="last")) == 0
+    assert (
+        run_stage(tmp_path, stage_cfg(env, s1, "distill", train=base_train(s1, steps=1, average_last=0), final="last"))
+        == 0
+    )
     exp = tmp_path / "stage2"
-    cfg = stage_cfg(env, exp, "distill_streaming", teacher=str(s1 / "model"),
-                    student={"init_from": str(s1 / "model"), "preset": None, "overrides": {}},
-                    streaming={"chunk_frames": [8, 4, 0], "left_chunks": 2})
+    cfg = stage_cfg(
+        env,
+        exp,
+        "distill_streaming",
+        teacher=str(s1 / "model"),
+        student={"init_from": str(s1 / "model"), "preset": None, "overrides": {}},
+        streaming={"chunk_frames": [8, 4, 0], "left_chunks": 2},
+    )
     assert run_stage(tmp_path, cfg) == 0
     model = check_outputs(exp)
     assert model.config.chunk_frames == 8 and model.config.left_chunks == 2 and model.config.causal_pos_conv
@@ -212,7 +251,7 @@ def test_stage2_streaming_and_dynamic_chunks(env, tmp_path):
     torch.manual_seed(0)
     wave = torch.randn(1, 16000) * 0.1
     other = wave.clone()
-    other[:, 320 * 8 + 400:] = torch.randn(1, 16000 - 320 * 8 - 400)
+    other[:, 320 * 8 + 400 :] = torch.randn(1, 16000 - 320 * 8 - 400)
     with torch.no_grad():
         a, b = model(wave).scores, model(other).scores
     torch.testing.assert_close(a[:, :8], b[:, :8])
@@ -223,8 +262,9 @@ def test_stage2_streaming_and_dynamic_chunks(env, tmp_path):
         assert not torch.allclose(sn(wave).scores[:, :8], sn(other).scores[:, :8])
     # the chunk-wise recogniser on the exported model gives its full-utterance scores
     from distill.models.streaming import StreamingRecognizer
+
     rec = StreamingRecognizer(model.eval(), chunk_frames=8, left_chunks=2)
-    pieces = [rec.accept_waveform(wave[0, i:i + 1234]) for i in range(0, wave.shape[1], 1234)]
+    pieces = [rec.accept_waveform(wave[0, i : i + 1234]) for i in range(0, wave.shape[1], 1234)]
     streamed = torch.cat(pieces + [rec.finalize()])
     torch.testing.assert_close(streamed, a[0], atol=1e-4, rtol=1e-4)
 
@@ -232,8 +272,10 @@ def test_stage2_streaming_and_dynamic_chunks(env, tmp_path):
 def test_teacher_head_is_replaced_when_the_vocabulary_differs(env, tmp_path):
     """A fine-tuned checkpoint with another output size gets a fresh head of the lang's size; the rest
     of the weights are the checkpoint's."""
-    from distill.bin.train import TrainStageConfig, build_teacher_model
     from distill.config import load_config
+    from distill.train.stage_config import TrainStageConfig
+    from distill.train.stage_models import build_teacher_model
+
     other = make_teacher_hf(tmp_path, env[3] + 7, seed=2)
     d = stage_cfg(env, tmp_path / "t", "teacher")
     d["model"] = {"init": "pretrained", "path": str(other)}
@@ -250,9 +292,11 @@ def test_teacher_head_is_replaced_when_the_vocabulary_differs(env, tmp_path):
 def test_dynamic_chunk_draws_from_the_list(env):
     from distill.losses.objective import DistillObjective, ObjectiveConfig
     from distill.train.tasks import DistillTask
+
     vocab = env[3]
-    student = W2V2Model(W2V2Config(vocab_size=vocab, **{k: tuple(v) if isinstance(v, list) else v
-                                                         for k, v in STUDENT_ARCH.items()}))
+    student = W2V2Model(
+        W2V2Config(vocab_size=vocab, **{k: tuple(v) if isinstance(v, list) else v for k, v in STUDENT_ARCH.items()})
+    )
     obj = DistillObjective(ObjectiveConfig(distill_weight=0.0, ctc_weight=1.0), None, (2, 16, 16))
     task = DistillTask(student, None, obj, chunks=[8, 16, 0], left_chunks=1)
     assert student.config.chunk_frames == 8
@@ -262,8 +306,12 @@ def test_dynamic_chunk_draws_from_the_list(env):
     assert set(draws) == {8, 16, 0} and min(counts.values()) > 60
     torch.manual_seed(3)
     assert [task.draw_chunk() for _ in range(300)] == draws  # the global RNG (checkpointed) decides
-    batch = {"audio": torch.randn(1, 8000) * 0.1, "audio_lens": torch.tensor([8000]), "tokens": [[3, 4]],
-             "cut_ids": ["x"]}
+    batch = {
+        "audio": torch.randn(1, 8000) * 0.1,
+        "audio_lens": torch.tensor([8000]),
+        "tokens": [[3, 4]],
+        "cut_ids": ["x"],
+    }
     task.train()
     seen = set()
     for _ in range(20):
@@ -279,9 +327,11 @@ def test_dynamic_chunk_draws_from_the_list(env):
 
 def test_teacher_cache_equals_on_the_fly(env, tmp_path):
     """The cached loss equals the on-the-fly loss (fp32 cache exactly, fp16 closely), and epoch 2 reads it."""
-    from distill.bin.train import TrainStageConfig, build_task
     from distill.config import load_config
     from distill.data import Tokenizer, load_cuts, make_dataloader
+    from distill.train.stage import build_task
+    from distill.train.stage_config import TrainStageConfig
+
     root, lang, teacher, _ = env
     tok = Tokenizer.load(lang)
     dl = make_dataloader(load_cuts(lang, "train"), tok, 2.5, shuffle=False)
@@ -289,14 +339,15 @@ def test_teacher_cache_equals_on_the_fly(env, tmp_path):
     losses = {}
     for mode in ("none", "float32", "float16"):
         exp = tmp_path / mode
-        d = stage_cfg(env, exp, "distill", teacher_cache=mode != "none",
-                      teacher_cache_dtype=mode if mode != "none" else "float16")
+        d = stage_cfg(
+            env, exp, "distill", teacher_cache=mode != "none", teacher_cache_dtype=mode if mode != "none" else "float16"
+        )
         cfg = load_config(TrainStageConfig, write_cfg(tmp_path / f"{mode}.yaml", d))
         torch.manual_seed(0)
         task = build_task(cfg, tok).train()
         task.student.eval()  # no dropout: compare the same function
         out = []
-        for epoch in range(2):
+        for _epoch in range(2):
             for b in batches:
                 with torch.no_grad():
                     out.append(float(task(b)["loss"]))
@@ -309,10 +360,12 @@ def test_teacher_cache_equals_on_the_fly(env, tmp_path):
     assert losses["float16"] == pytest.approx(losses["none"], rel=2e-2)
     # a cache of another teacher is refused, naming the fix
     other = make_teacher_hf(tmp_path / "other", env[3], seed=5)
-    d = stage_cfg(env, tmp_path / "float32", "distill", teacher=str(other), teacher_cache=True,
-                  teacher_cache_dtype="float32")
+    d = stage_cfg(
+        env, tmp_path / "float32", "distill", teacher=str(other), teacher_cache=True, teacher_cache_dtype="float32"
+    )
     cfg = load_config(TrainStageConfig, write_cfg(tmp_path / "o.yaml", d))
     from distill.train.tasks import TeacherCacheError
+
     with pytest.raises(TeacherCacheError, match="another teacher.*delete it"):
         build_task(cfg, tok)
 
@@ -336,25 +389,45 @@ def test_killed_and_resumed_stage1_gives_the_same_parameters(env, tmp_path):
     def cfg_for(name: str) -> Path:
         exp = tmp_path / name
         # a prefetching worker: the resume position must count the batches trained on, not those read
-        d = stage_cfg(env, exp, "distill", final="last", num_workers=1,
-                      train=base_train(exp, steps=5, average_last=0, checkpoint_interval=2))
+        d = stage_cfg(
+            env,
+            exp,
+            "distill",
+            final="last",
+            num_workers=1,
+            train=base_train(exp, steps=5, average_last=0, checkpoint_interval=2),
+        )
         return write_cfg(tmp_path / f"{name}.yaml", d)
 
     script = tmp_path / "kill.py"
     script.write_text(KILL_SCRIPT)
     envv = dict(os.environ, OMP_NUM_THREADS="1")
-    full = subprocess.run([sys.executable, str(script), "--config", str(cfg_for("full"))],
-                          env=dict(envv, KILL_AT="999"), capture_output=True, text=True)
+    full = subprocess.run(
+        [sys.executable, str(script), "--config", str(cfg_for("full"))],
+        env=dict(envv, KILL_AT="999"),
+        capture_output=True,
+        text=True,
+    )
     assert full.returncode == 0, full.stderr[-2000:]
-    killed = subprocess.run([sys.executable, str(script), "--config", str(cfg_for("resumed"))],
-                            env=dict(envv, KILL_AT="3"), capture_output=True, text=True)
+    killed = subprocess.run(
+        [sys.executable, str(script), "--config", str(cfg_for("resumed"))],
+        env=dict(envv, KILL_AT="3"),
+        capture_output=True,
+        text=True,
+    )
     assert killed.returncode == -signal.SIGKILL
     assert not (tmp_path / "resumed" / "model").exists()
-    again = subprocess.run([sys.executable, str(script), "--config", str(cfg_for("resumed"))],
-                           env=dict(envv, KILL_AT="999"), capture_output=True, text=True)
+    again = subprocess.run(
+        [sys.executable, str(script), "--config", str(cfg_for("resumed"))],
+        env=dict(envv, KILL_AT="999"),
+        capture_output=True,
+        text=True,
+    )
     assert again.returncode == 0, again.stderr[-2000:]
-    assert re.search(r"resumed from .*ckpt-0*2\.pt: update 2, epoch 0, batch [1-9]\d* of the epoch",
-                     (tmp_path / "resumed" / "train.log").read_text())  # mid-epoch
+    assert re.search(
+        r"resumed from .*ckpt-0*2\.pt: update 2, epoch 0, batch [1-9]\d* of the epoch",
+        (tmp_path / "resumed" / "train.log").read_text(),
+    )  # mid-epoch
     a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)["model"]
     assert a.keys() == b.keys()
@@ -362,15 +435,34 @@ def test_killed_and_resumed_stage1_gives_the_same_parameters(env, tmp_path):
         assert torch.equal(a[k], b[k]), k
 
 
-@pytest.mark.parametrize("case", ["missing_teacher", "bad_teacher_path", "unknown_key", "cache_speed",
-                                  "teacher_with_kd", "bad_den", "bad_weight", "chunks", "preset"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing_teacher",
+        "bad_teacher_path",
+        "unknown_key",
+        "cache_speed",
+        "teacher_with_kd",
+        "bad_den",
+        "bad_weight",
+        "chunks",
+        "preset",
+    ],
+)
 def test_config_errors_name_the_key(env, tmp_path, capsys, case):
     exp = tmp_path / "x"
     d = stage_cfg(env, exp, "distill")
-    expect = {"missing_teacher": "key 'teacher'", "bad_teacher_path": "key 'teacher'",
-              "unknown_key": "unknown key 'objective.gamma'", "cache_speed": "key 'data.speed_perturb'",
-              "teacher_with_kd": "key 'objective'", "bad_den": "key 'den'", "bad_weight": "key 'alpha'",
-              "chunks": "key 'streaming.chunk_frames'", "preset": "key 'student.preset'"}[case]
+    expect = {
+        "missing_teacher": "key 'teacher'",
+        "bad_teacher_path": "key 'teacher'",
+        "unknown_key": "unknown key 'objective.gamma'",
+        "cache_speed": "key 'data.speed_perturb'",
+        "teacher_with_kd": "key 'objective'",
+        "bad_den": "key 'den'",
+        "bad_weight": "key 'alpha'",
+        "chunks": "key 'streaming.chunk_frames'",
+        "preset": "key 'student.preset'",
+    }[case]
     if case == "missing_teacher":
         del d["teacher"]
     elif case == "bad_teacher_path":
@@ -404,16 +496,25 @@ def test_input_distillation_fbank_two_phases(env, tmp_path):
     the whole student trains with the distillation loss."""
     exp = tmp_path / "fbank"
     arch = dict(STUDENT_ARCH, frontend="fbank", fbank_channels=8)
-    cfg = stage_cfg(env, exp, "distill", student={"preset": "student-10x384-fbank", "overrides": arch,
-                                                   "fbank_cmvn_batches": 2},
-                    objective={"feature_only_steps": 2}, final="last",
-                    train=base_train(exp, steps=3, average_last=0, ddp_find_unused_parameters=False))
+    cfg = stage_cfg(
+        env,
+        exp,
+        "distill",
+        student={"preset": "student-10x384-fbank", "overrides": arch, "fbank_cmvn_batches": 2},
+        objective={"feature_only_steps": 2},
+        final="last",
+        train=base_train(exp, steps=3, average_last=0, ddp_find_unused_parameters=False),
+    )
     assert run_stage(tmp_path, cfg) == 0
     recs = [json.loads(x) for x in (exp / "train_log.jsonl").read_text().splitlines() if '"train"' in x]
-    assert [sorted(k for k in ("feat", "hid", "mmi_kd", "out") if k in r) for r in recs] == \
-        [["feat"], ["feat"], ["hid", "mmi_kd", "out"]]
-    ck = {int(p.stem.split("-")[1]): torch.load(p, weights_only=True)["model"]
-          for p in (exp / "checkpoints").glob("*.pt")}
+    assert [sorted(k for k in ("feat", "hid", "mmi_kd", "out") if k in r) for r in recs] == [
+        ["feat"],
+        ["feat"],
+        ["hid", "mmi_kd", "out"],
+    ]
+    ck = {
+        int(p.stem.split("-")[1]): torch.load(p, weights_only=True)["model"] for p in (exp / "checkpoints").glob("*.pt")
+    }
     for k in ck[1]:
         same12, same23 = torch.equal(ck[1][k], ck[2][k]), torch.equal(ck[2][k], ck[3][k])
         if k.startswith("student.fbank_frontend.") and k.split(".")[-1] not in ("mean", "std"):
@@ -425,14 +526,14 @@ def test_input_distillation_fbank_two_phases(env, tmp_path):
     assert not torch.equal(model.fbank_frontend.std, torch.ones_like(model.fbank_frontend.std))  # CMVN estimated
     # the exported model computes what the trained weights compute
     from distill.train.checkpoint import load_model_state
+
     ref = W2V2Model(model.config)
     ref.load_state_dict(load_model_state(exp / "last.pt"))
     scores_equal(model, ref)
 
 
 REPO = Path(__file__).resolve().parents[1]
-STAGE_CONFS = sorted(p for p in REPO.glob("egs/*/conf/**/*.yaml")
-                     if p.name.startswith(("teacher", "stage1", "stage2")))
+STAGE_CONFS = sorted(p for p in REPO.glob("egs/*/conf/**/*.yaml") if p.name.startswith(("teacher", "stage1", "stage2")))
 
 
 def _existing_paths(env, raw: dict) -> list[str]:
@@ -451,8 +552,9 @@ def _existing_paths(env, raw: dict) -> list[str]:
 @pytest.mark.parametrize("conf", STAGE_CONFS, ids=lambda p: str(p.relative_to(REPO / "egs")))
 def test_recipe_configs_are_valid(env, conf):
     from distill.bin.train import TrainStageConfig, check_config
-    from distill.config import load_config
-    raw = yaml.safe_load(conf.read_text())
+    from distill.config import load_config, read_config
+
+    raw = read_config(conf)
     cfg = load_config(TrainStageConfig, conf, _existing_paths(env, raw))
     check_config(cfg, str(conf))
     assert cfg.task in ("teacher", "distill", "distill_streaming")
@@ -468,8 +570,14 @@ def test_tiny_recipe_chain_runs(env, tmp_path, monkeypatch):
     (tmp_path / "data" / "lang").symlink_to(lang)
     for stage in ("teacher", "stage1", "stage2"):
         with pytest.raises(SystemExit) as e:
-            train_cli.main(["--config", str(REPO / "egs/inhouse/conf/tiny" / f"{stage}.yaml"), "train.max_steps=2",
-                            "train.progress=false"])
+            train_cli.main(
+                [
+                    "--config",
+                    str(REPO / "egs/inhouse/conf/tiny" / f"{stage}.yaml"),
+                    "train.max_steps=2",
+                    "train.progress=false",
+                ]
+            )
         assert e.value.code == 0, stage
         assert (tmp_path / "exp" / stage / "model" / "config.json").exists()
     s2 = load_pretrained(tmp_path / "exp/stage2/model")
@@ -479,8 +587,10 @@ def test_tiny_recipe_chain_runs(env, tmp_path, monkeypatch):
 def test_teacher_head_is_replaced_when_the_shipped_tokens_differ(env, tmp_path):
     """A packaged model ships its tokens.txt: same size but other tokens than the lang → a new head;
     the same tokens → the checkpoint's head is kept."""
-    from distill.bin.train import TrainStageConfig, build_teacher_model
     from distill.config import load_config
+    from distill.train.stage_config import TrainStageConfig
+    from distill.train.stage_models import build_teacher_model
+
     ckpt = make_teacher_hf(tmp_path, env[3], seed=3)
     src = load_pretrained(ckpt)
     d = stage_cfg(env, tmp_path / "t", "teacher")
@@ -490,7 +600,10 @@ def test_teacher_head_is_replaced_when_the_shipped_tokens_differ(env, tmp_path):
     (ckpt / "tokens.txt").write_text(lang_tokens)
     assert torch.equal(build_teacher_model(cfg, env[3]).lm_head.weight, src.lm_head.weight)
     lines = lang_tokens.splitlines()
-    lines[3], lines[4] = lines[4].split()[0] + " " + lines[3].split()[1], lines[3].split()[0] + " " + lines[4].split()[1]
+    lines[3], lines[4] = (
+        lines[4].split()[0] + " " + lines[3].split()[1],
+        lines[3].split()[0] + " " + lines[4].split()[1],
+    )
     (ckpt / "tokens.txt").write_text("\n".join(lines) + "\n")
     model = build_teacher_model(cfg, env[3])
     assert model.lm_head.weight.shape == src.lm_head.weight.shape

@@ -1,5 +1,6 @@
 """distill.train.Trainer in one process: update maths against a hand-written oracle, skipping of bad
 batches, freezing, outputs, configuration errors."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -7,16 +8,26 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import pytest
 import torch
 from torch import nn
 
 from distill.config import ConfigError, load_config
+from distill.train import (
+    ExpDirLock,
+    ExpDirLocked,
+    FreezeConfig,
+    LossResult,
+    OptimConfig,
+    ScheduleConfig,
+    TrainConfig,
+    Trainer,
+    TrainingDiverged,
+    describe_batch,
+)
 from distill.train import checkpoint as ck
-from distill.train import (ExpDirLock, ExpDirLocked, FreezeConfig, LossResult, OptimConfig, ScheduleConfig,
-                           TrainConfig, Trainer, TrainingDiverged, describe_batch)
 
 DIM, OUT = 5, 3
 
@@ -25,8 +36,14 @@ def make_batches(sizes: list[int], seed: int = 0) -> list[dict]:
     g = torch.Generator().manual_seed(seed)
     out = []
     for i, n in enumerate(sizes):
-        out.append({"x": torch.randn(n, DIM, generator=g), "y": torch.randn(n, OUT, generator=g),
-                    "w": torch.randint(1, 4, (n,), generator=g).float(), "ids": [f"b{i}-u{j}" for j in range(n)]})
+        out.append(
+            {
+                "x": torch.randn(n, DIM, generator=g),
+                "y": torch.randn(n, OUT, generator=g),
+                "w": torch.randint(1, 4, (n,), generator=g).float(),
+                "ids": [f"b{i}-u{j}" for j in range(n)],
+            }
+        )
     return out
 
 
@@ -46,10 +63,18 @@ def compute_loss(model: nn.Module, batch: dict) -> tuple:
 
 
 def cfg(tmp_path: Path, **kw: Any) -> TrainConfig:
-    base = dict(exp_dir=str(tmp_path / "exp"), device="cpu", max_steps=4, progress=False, tensorboard=False,
-                log_interval=1, checkpoint_interval=0, checkpoint_every_epoch=False,
-                optim=OptimConfig(lr=0.05, weight_decay=0.1),
-                schedule=ScheduleConfig(name="constant"))
+    base = dict(
+        exp_dir=str(tmp_path / "exp"),
+        device="cpu",
+        max_steps=4,
+        progress=False,
+        tensorboard=False,
+        log_interval=1,
+        checkpoint_interval=0,
+        checkpoint_every_epoch=False,
+        optim=OptimConfig(lr=0.05, weight_decay=0.1),
+        schedule=ScheduleConfig(name="constant"),
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -58,7 +83,7 @@ def params(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def fit(c: TrainConfig, batches: list, loss_fn=compute_loss, model: Optional[nn.Module] = None, **kw: Any):
+def fit(c: TrainConfig, batches: list, loss_fn=compute_loss, model: nn.Module | None = None, **kw: Any):
     model = model if model is not None else make_model()
     tr = Trainer(c, model, loss_fn, batches, **kw)
     res = tr.fit()
@@ -78,10 +103,16 @@ def test_update_matches_hand_written_adamw_loop(tmp_path: Path) -> None:
     """accum_grad=2, unequal micro-batches, clipping, tri-stage LR, decay/no-decay groups."""
     sizes = [3, 5, 2, 4, 6, 1, 3, 3]
     batches = make_batches(sizes)
-    c = cfg(tmp_path, accum_grad=2, grad_clip=0.5, max_steps=4,
-            optim=OptimConfig(lr=0.1, betas=(0.8, 0.95), eps=1e-7, weight_decay=0.3),
-            schedule=ScheduleConfig(name="tri_stage", warmup_steps=2, hold_steps=1, decay_steps=3,
-                                    init_lr_scale=0.1, final_lr_scale=0.2))
+    c = cfg(
+        tmp_path,
+        accum_grad=2,
+        grad_clip=0.5,
+        max_steps=4,
+        optim=OptimConfig(lr=0.1, betas=(0.8, 0.95), eps=1e-7, weight_decay=0.3),
+        schedule=ScheduleConfig(
+            name="tri_stage", warmup_steps=2, hold_steps=1, decay_steps=3, init_lr_scale=0.1, final_lr_scale=0.2
+        ),
+    )
     tr, res = fit(c, batches)
     assert res.status == "finished" and res.step == 4
 
@@ -89,14 +120,19 @@ def test_update_matches_hand_written_adamw_loop(tmp_path: Path) -> None:
     model = make_model()
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.3}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=0.1, betas=(0.8, 0.95), eps=1e-7)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.3}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=0.1,
+        betas=(0.8, 0.95),
+        eps=1e-7,
+    )
 
     def factor(u: int) -> float:
         return 0.1 + 0.9 * u / 2 if u <= 2 else 1.0 if u <= 3 else 0.2 ** ((u - 3) / 3)
+
     norms, losses = [], []
     for u in range(1, 5):
-        window = batches[2 * (u - 1): 2 * u]
+        window = batches[2 * (u - 1) : 2 * u]
         opt.zero_grad()
         total = sum(batch_loss(model, b) for b in window) / sum(float(b["w"].sum()) for b in window)
         total.backward()
@@ -115,8 +151,10 @@ def test_update_matches_hand_written_adamw_loop(tmp_path: Path) -> None:
 
 def test_accumulation_equals_big_batches(tmp_path: Path) -> None:
     small = make_batches([2, 3, 4, 1, 2, 2])
-    big = [{k: (v + w if isinstance(v, list) else torch.cat([v, w])) for (k, v), w in
-            zip(a.items(), b.values())} for a, b in zip(small[0::2], small[1::2])]
+    big = [
+        {k: (v + w if isinstance(v, list) else torch.cat([v, w])) for (k, v), w in zip(a.items(), b.values())}
+        for a, b in zip(small[0::2], small[1::2])
+    ]
     t1, _ = fit(cfg(tmp_path / "a", accum_grad=2, max_steps=3), small)
     t2, _ = fit(cfg(tmp_path / "b", accum_grad=1, max_steps=3), big)
     assert_same(params(t1.model), params(t2.model), exact=False)
@@ -137,8 +175,16 @@ def test_outputs_logs_best_and_average(tmp_path: Path) -> None:
         calls.append(1)
         return {"loss": float(batch_loss(model, valid_batch) / valid_batch["w"].sum()), "acc": 0.5}
 
-    c = cfg(tmp_path, max_steps=6, valid_interval=2, checkpoint_interval=2, keep_last=2, average_last=2,
-            tensorboard=True, log_interval=2)
+    c = cfg(
+        tmp_path,
+        max_steps=6,
+        valid_interval=2,
+        checkpoint_interval=2,
+        keep_last=2,
+        average_last=2,
+        tensorboard=True,
+        log_interval=2,
+    )
     tr, res = fit(c, batches, validate=validate)
     exp = Path(c.exp_dir)
     assert len(calls) == 3
@@ -167,7 +213,7 @@ def test_outputs_logs_best_and_average(tmp_path: Path) -> None:
 
 
 def _drop(batches: list, i: int) -> list:
-    return batches[:i] + batches[i + 1:]
+    return batches[:i] + batches[i + 1 :]
 
 
 def test_nonfinite_loss_batch_is_skipped(tmp_path: Path) -> None:
@@ -245,6 +291,7 @@ def test_enospc_during_checkpoint_then_resume(tmp_path: Path, monkeypatch) -> No
             f.write(b"PK partial")
             raise OSError(28, "No space left on device")
         real(obj, f)
+
     monkeypatch.setattr(ck, "_write", full_at_4)
     with pytest.raises(ck.CheckpointError, match=r"ckpt-00000004\.pt': no space left on device"):
         fit(c, batches)
@@ -278,25 +325,31 @@ def test_unrestorable_data_position_names_the_checkpoint(tmp_path: Path) -> None
     state = ck.load(ck.checkpoint_path(tmp_path / "exp/checkpoints", 3))
     assert state["trainer"]["batch_in_epoch"] == 3
     assert state["rank_states"][0]["sampler"] == {"epoch": 0, "count": 3}
-    with pytest.raises(ck.CheckpointError, match=r"ckpt-00000003\.pt': cannot restore its data position "
-                                                 r"\(epoch 0, batch 3\).*yields only 2 batches"):
+    with pytest.raises(
+        ck.CheckpointError,
+        match=r"ckpt-00000003\.pt': cannot restore its data position "
+        r"\(epoch 0, batch 3\).*yields only 2 batches",
+    ):
         fit(dataclasses.replace(c, max_steps=5), loader(4))
 
 
 def test_freeze_prefix_for_n_steps(tmp_path: Path) -> None:
     init = params(make_model())
-    t2, _ = fit(cfg(tmp_path / "a", max_steps=2, freeze=[FreezeConfig(prefixes=["0."], steps=2)]),
-                make_batches([3] * 6))
+    t2, _ = fit(
+        cfg(tmp_path / "a", max_steps=2, freeze=[FreezeConfig(prefixes=["0."], steps=2)]), make_batches([3] * 6)
+    )
     p2 = params(t2.model)
     assert torch.equal(p2["0.weight"], init["0.weight"]) and torch.equal(p2["0.bias"], init["0.bias"])
     assert not torch.equal(p2["2.weight"], init["2.weight"])
-    t4, _ = fit(cfg(tmp_path / "b", max_steps=4, freeze=[FreezeConfig(prefixes=["0."], steps=2)]),
-                make_batches([3] * 6))
+    t4, _ = fit(
+        cfg(tmp_path / "b", max_steps=4, freeze=[FreezeConfig(prefixes=["0."], steps=2)]), make_batches([3] * 6)
+    )
     assert not torch.equal(params(t4.model)["0.weight"], init["0.weight"])
     assert all(p.requires_grad for p in t4.model.parameters())
     # a callable rule, forever
-    t3, _ = fit(cfg(tmp_path / "c", max_steps=2), make_batches([3] * 6),
-                freeze_fns=[(lambda n: n.endswith("bias"), -1)])
+    t3, _ = fit(
+        cfg(tmp_path / "c", max_steps=2), make_batches([3] * 6), freeze_fns=[(lambda n: n.endswith("bias"), -1)]
+    )
     assert all(torch.equal(params(t3.model)[k], init[k]) for k in init if k.endswith("bias"))
     with pytest.raises(ConfigError, match=r"freeze\[0\]\.prefixes.*match no parameter.*top-level names: 0\., 2\."):
         Trainer(cfg(tmp_path / "d", freeze=[FreezeConfig(prefixes=["encoder."])]), make_model(), compute_loss, [])
@@ -317,8 +370,9 @@ class Wrapped(nn.Module):
 
 def test_exclude_and_export_prefix(tmp_path: Path) -> None:
     batches = make_batches([3] * 6)
-    c = cfg(tmp_path, max_steps=3, checkpoint_interval=1, exclude_from_checkpoint=["teacher."],
-            export_prefix="student.")
+    c = cfg(
+        tmp_path, max_steps=3, checkpoint_interval=1, exclude_from_checkpoint=["teacher."], export_prefix="student."
+    )
     tr, _ = fit(c, batches, validate=lambda m: {"loss": 1.0}, model=Wrapped(), model_meta={"dim": DIM})
     exp = Path(c.exp_dir)
     assert all(ck.load(exp / f)["meta"] == {"dim": DIM} for f in ("best.pt", "last.pt"))
@@ -347,13 +401,16 @@ def test_refusals(tmp_path: Path) -> None:
         fit(cfg(tmp_path / "e", max_steps=0, max_epochs=1), [])
 
 
-@pytest.mark.parametrize("changes,key", [
-    (dict(max_steps=0, max_epochs=0), "max_steps"),
-    (dict(average_last=5, keep_last=3), "average_last"),
-    (dict(accum_grad=0), "accum_grad"),
-    (dict(freeze=[FreezeConfig(prefixes=[])]), r"freeze\[0\]\.prefixes"),
-    (dict(schedule=ScheduleConfig(phase_ratio=[0.5, 0.6, 0.1])), "schedule.phase_ratio"),
-])
+@pytest.mark.parametrize(
+    "changes,key",
+    [
+        (dict(max_steps=0, max_epochs=0), "max_steps"),
+        (dict(average_last=5, keep_last=3), "average_last"),
+        (dict(accum_grad=0), "accum_grad"),
+        (dict(freeze=[FreezeConfig(prefixes=[])]), r"freeze\[0\]\.prefixes"),
+        (dict(schedule=ScheduleConfig(phase_ratio=[0.5, 0.6, 0.1])), "schedule.phase_ratio"),
+    ],
+)
 def test_config_validation(tmp_path: Path, changes: dict, key: str) -> None:
     with pytest.raises(ConfigError, match=f"key '{key}"):
         cfg(tmp_path, **changes).validate()
@@ -361,9 +418,11 @@ def test_config_validation(tmp_path: Path, changes: dict, key: str) -> None:
 
 def test_config_from_yaml(tmp_path: Path) -> None:
     p = tmp_path / "t.yaml"
-    p.write_text("max_steps: 100\noptim: {lr: 3.0e-5, betas: [0.9, 0.98]}\n"
-                 "schedule: {name: tri_stage, phase_ratio: [0.1, 0.4, 0.5]}\n"
-                 "freeze: [{prefixes: [feature_extractor.], steps: 1000}]\n")
+    p.write_text(
+        "max_steps: 100\noptim: {lr: 3.0e-5, betas: [0.9, 0.98]}\n"
+        "schedule: {name: tri_stage, phase_ratio: [0.1, 0.4, 0.5]}\n"
+        "freeze: [{prefixes: [feature_extractor.], steps: 1000}]\n"
+    )
     c = load_config(TrainConfig, p, ["accum_grad=4", "precision=bf16"])
     assert c.optim.betas == (0.9, 0.98) and c.freeze[0].prefixes == ["feature_extractor."]
     assert (c.accum_grad, c.precision, c.schedule.phase_ratio) == (4, "bf16", [0.1, 0.4, 0.5])
@@ -398,6 +457,7 @@ def test_mixed_precision_on_cuda(tmp_path: Path, precision: str) -> None:
         loss, st, n = compute_loss(model, batch)
         losses.append(float(loss) / n)
         return loss, st, n
+
     tr, res = fit(c, batches, loss_fn)
     assert tr.amp_dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     assert res.step + tr.n_fp16_overflow >= 12 and sum(losses[-3:]) < sum(losses[:3])
@@ -408,6 +468,7 @@ def test_mixed_precision_on_cuda(tmp_path: Path, precision: str) -> None:
 def test_sigterm_finishes_the_update_and_checkpoints(tmp_path: Path) -> None:
     import os
     import signal
+
     seen = []
 
     def loss_fn(model, batch):

@@ -1,5 +1,6 @@
 """distill.bin.transcribe and build_decode_graph end to end on real LibriVox clips (pocketsphinx-testdata)
 with a tiny random-weight model in Hugging Face format; audio reading, resampling and wav.scp parsing."""
+
 from __future__ import annotations
 
 import json
@@ -12,13 +13,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from model_fixtures import write_char_lang
 
 from distill.bin import build_decode_graph, transcribe
 from distill.data.tokenizer import build_char_tokenizer, write_lang_files
 from distill.decode.audio import AudioError, read_audio, read_wav_list, read_wav_scp, resample
 from distill.models.config import W2V2Config
 from distill.models.wav2vec2 import W2V2Model
-from model_fixtures import write_char_lang
 
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
 CLIPS = sorted(LIBRIVOX.glob("*.wav")) if LIBRIVOX.is_dir() else []
@@ -34,9 +35,19 @@ def setup(tmp_path_factory):
     lang = tmp / "lang"
     tok = write_char_lang(lang, TEXTS)
     torch.manual_seed(0)
-    cfg = W2V2Config(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, conv_dim=(16,) * 7, feat_extract_norm="layer", conv_bias=True,
-                     do_stable_layer_norm=True, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)
+    cfg = W2V2Config(
+        vocab_size=tok.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=(16,) * 7,
+        feat_extract_norm="layer",
+        conv_bias=True,
+        do_stable_layer_norm=True,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4,
+    )
     model = W2V2Model(cfg).eval()
     try:
         from distill.models import save_pretrained  # type: ignore[attr-defined]
@@ -81,8 +92,9 @@ def test_transcribe_wav_scp_with_pipes_resampling_and_bad_entries(setup, capsys)
         f"utt-failing false |\n"
         f"utt-stereo {stereo}\n"
     )
-    rc, lines, err = run_cli(capsys, ["--model", tmp / "model", "--lang-dir", lang, "--wav-scp", scp,
-                                      "--batch-size", 2])
+    rc, lines, err = run_cli(
+        capsys, ["--model", tmp / "model", "--lang-dir", lang, "--wav-scp", scp, "--batch-size", 2]
+    )
     assert rc == 0
     assert [ln.split()[0] for ln in lines] == ["utt-a", "utt-pipe", "utt-8k", "utt-stereo"]
     assert "skipping utterance 'utt-missing'" in err and "skipping utterance 'utt-failing'" in err
@@ -122,8 +134,9 @@ def test_transcribe_graphs_and_streaming(setup, capsys):
     lat = tmp / "lat.json"
     short = sorted(CLIPS, key=lambda c: c.stat().st_size)[:2]
     base = ["--model", tmp / "model", "--lang-dir", lang, *short]
-    rc, lines, err = run_cli(capsys, [*base, "--streaming", "--chunk-frames", 16, "--piece-ms", 100,
-                                      "--latency-json", lat])
+    rc, lines, err = run_cli(
+        capsys, [*base, "--streaming", "--chunk-frames", 16, "--piece-ms", 100, "--latency-json", lat]
+    )
     assert rc == 0, err
     assert [ln.split()[0] for ln in lines] == [c.stem for c in short]
     rep = json.loads(lat.read_text())
@@ -152,8 +165,21 @@ def test_cli_entry_point(setup, tmp_path):
     tmp, lang, _ = setup
     wav = tmp_path / "short one.wav"  # a space in the name: must never reach a shell
     sf.write(wav, (0.1 * np.random.default_rng(0).standard_normal(16000)).astype(np.float32), 16000)
-    p = subprocess.run([sys.executable, "-m", "distill.bin.transcribe", "--model", str(tmp / "model"),
-                        "--lang-dir", str(lang), str(wav)], capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "distill.bin.transcribe",
+            "--model",
+            str(tmp / "model"),
+            "--lang-dir",
+            str(lang),
+            str(wav),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 0, p.stderr
     assert p.stdout.splitlines()[0].split()[0] == "short_one"
     assert "transcribed 1 utterances, skipped 0" in p.stderr

@@ -1,5 +1,6 @@
 """Waveform scaling before the CNN (``wave_norm``): HF's per-utterance normalisation, the causal fixed
 form, checkpoint import/export of the setting, students inheriting it, training-data statistics."""
+
 from __future__ import annotations
 
 import argparse
@@ -8,11 +9,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from model_fixtures import tiny
 
 from distill.models import W2V2Config, build_model, load_pretrained, make_student, save_pretrained
 from distill.models.streaming import StreamingRecognizer, StreamingStep
-from distill.train.tasks import estimate_fbank_cmvn, estimate_wave_stats
-from model_fixtures import tiny
+from distill.train.stage_models import estimate_fbank_cmvn, estimate_wave_stats
 
 
 def test_utterance_norm_equals_hf_feature_extractor():
@@ -60,14 +61,20 @@ def test_bad_settings_and_streaming_refusal():
 
 
 def test_save_load_keeps_the_setting(tmp_path):
-    for kw, do_norm in ((dict(wave_norm="fixed", wave_mean=0.001, wave_std=0.07), False),
-                        (dict(wave_norm="utterance"), True), ({}, False)):
+    for kw, do_norm in (
+        (dict(wave_norm="fixed", wave_mean=0.001, wave_std=0.07), False),
+        (dict(wave_norm="utterance"), True),
+        ({}, False),
+    ):
         m = build_model(tiny(**kw), 7)
         out = save_pretrained(m, tmp_path / str(len(kw)))
         assert json.loads((out / "preprocessor_config.json").read_text())["do_normalize"] is do_norm
         back = load_pretrained(out)
-        assert (back.config.wave_norm, back.config.wave_mean, back.config.wave_std) == \
-            (m.config.wave_norm, m.config.wave_mean, m.config.wave_std)
+        assert (back.config.wave_norm, back.config.wave_mean, back.config.wave_std) == (
+            m.config.wave_norm,
+            m.config.wave_mean,
+            m.config.wave_std,
+        )
 
 
 def test_hf_directory_without_our_keys_takes_do_normalize(tmp_path):
@@ -100,8 +107,9 @@ def test_fairseq_task_normalize(tmp_path, where):
     outer = dict(arch="wav2vec_ctc")
     (outer if where == "top" else inner)["normalize"] = True
     args = argparse.Namespace(w2v_args=argparse.Namespace(**inner), **outer)
-    torch.save({"args": args, "model": hf_to_fairseq_state_dict(hf.state_dict()), "optimizer_history": []},
-               tmp_path / "ft.pt")
+    torch.save(
+        {"args": args, "model": hf_to_fairseq_state_dict(hf.state_dict()), "optimizer_history": []}, tmp_path / "ft.pt"
+    )
     assert load_pretrained(tmp_path / "ft.pt").config.wave_norm == "utterance"
 
 
@@ -143,8 +151,11 @@ def test_estimate_fbank_cmvn_matches_numpy():
     audio[1, 2000:] = 3.0  # padding must not count
     batch = {"audio": audio, "audio_lens": torch.tensor([3200, 2000])}
     with torch.no_grad():
-        rows = torch.cat([fe.compute_fbank(audio[:1]).squeeze(0),
-                          fe.compute_fbank(audio[1:, :2000]).squeeze(0)]).double().numpy()
+        rows = (
+            torch.cat([fe.compute_fbank(audio[:1]).squeeze(0), fe.compute_fbank(audio[1:, :2000]).squeeze(0)])
+            .double()
+            .numpy()
+        )
     mean, std = estimate_fbank_cmvn(model, [batch, batch], max_batches=1)
     np.testing.assert_allclose(mean.numpy(), rows.mean(0), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(std.numpy(), rows.std(0), rtol=1e-4, atol=1e-5)
@@ -161,8 +172,8 @@ def test_config_round_trip():
 # ------------------------------------------------------------------ causal running normalisation
 def test_running_norm_equals_numpy_oracle():
     """``running``: block b scaled by the statistics of blocks < b plus the prior (the independent numpy
-    version of the measurement, distill.bin.bench_wave_norm), padding set to 0."""
-    from distill.bin.bench_wave_norm import prefix_norm
+    version of the measurement, distill.bench.wave_norm), padding set to 0."""
+    from distill.bench.wave_norm import prefix_norm
     from distill.models.wave_norm import running_norm
 
     rng = np.random.default_rng(3)
@@ -173,11 +184,12 @@ def test_running_norm_equals_numpy_oracle():
     x[1, 3333:] = 9.0  # padding must not count
     got, state = running_norm(x, 0.005, 0.07, 0.1, 320, torch.tensor(lens))
     for i, n in enumerate(lens):
-        want = prefix_norm(x[i, :n].double().numpy(), 0.005, 0.07 ** 2, 0.1)
+        want = prefix_norm(x[i, :n].double().numpy(), 0.005, 0.07**2, 0.1)
         np.testing.assert_allclose(got[i, :n].numpy(), want, rtol=1e-4, atol=1e-4)
         assert not bool(got[i, n:].any())
-        assert state[i].tolist() == pytest.approx([float(x[i, :n].double().sum()),
-                                                   float(x[i, :n].double().pow(2).sum()), n])
+        assert state[i].tolist() == pytest.approx(
+            [float(x[i, :n].double().sum()), float(x[i, :n].double().pow(2).sum()), n]
+        )
     # the model uses it: a louder copy of an utterance gives nearly the same input after the first blocks
     m = build_model(tiny(wave_norm="running", wave_mean=0.0, wave_std=0.05, wave_prior_s=0.01), 7)
     a, b = m.normalize_wave(x[:1]), m.normalize_wave(x[:1] * 4.0)
@@ -203,7 +215,14 @@ def test_stage4_refuses_a_student_that_cannot_stream(tmp_path):
     from distill.config import ConfigError, load_config
 
     (tmp_path / "t").mkdir()
-    ov = [f"teacher={tmp_path / 't'}", "lang_dir=" + str(tmp_path), "student.preset=demo-student", "objective.alpha=0.0", "train.max_steps=1", "student.overrides={wave_norm: utterance}"]
+    ov = [
+        f"teacher={tmp_path / 't'}",
+        "lang_dir=" + str(tmp_path),
+        "student.preset=demo-student",
+        "objective.alpha=0.0",
+        "train.max_steps=1",
+        "student.overrides={wave_norm: utterance}",
+    ]
     cfg = load_config(TrainStageConfig, None, ov)
     with pytest.raises(ConfigError, match=r"student.overrides.*streamable: false"):
         check_config(cfg, "stage1.yaml")

@@ -7,6 +7,7 @@ of memory on micro-batch 4 (a non-synchronising one). Rank 0 saves the
 final parameters to OUT. The test compares them with a single process trained on the concatenated
 batches (see :func:`make_batches` and :func:`compute_loss`, shared with the test).
 """
+
 from __future__ import annotations
 
 import sys
@@ -32,9 +33,15 @@ def make_batches() -> list[list[dict]]:
         row = []
         for r in range(WORLD):
             n = 2 + (m + 2 * r) % 4
-            row.append({"x": torch.randn(n, DIM, generator=g), "y": torch.randint(0, CLASSES, (n,), generator=g),
-                        "w": torch.randint(1, 6, (n,), generator=g).float(),
-                        "nan": torch.tensor([(r, m) == NAN_AT] * n), "oom": torch.tensor([(r, m) == OOM_AT] * n)})
+            row.append(
+                {
+                    "x": torch.randn(n, DIM, generator=g),
+                    "y": torch.randint(0, CLASSES, (n,), generator=g),
+                    "w": torch.randint(1, 6, (n,), generator=g).float(),
+                    "nan": torch.tensor([(r, m) == NAN_AT] * n),
+                    "oom": torch.tensor([(r, m) == OOM_AT] * n),
+                }
+            )
         out.append(row)
     return out
 
@@ -59,11 +66,20 @@ def compute_loss(model: nn.Module, batch: dict):
 
 
 def make_config(exp_dir: str) -> TrainConfig:
-    return TrainConfig(exp_dir=exp_dir, device="cpu", max_steps=3, accum_grad=2, grad_clip=5.0,
-                       log_interval=1, checkpoint_interval=1, progress=False, tensorboard=False,
-                       freeze=[FreezeConfig(prefixes=["0."], steps=1)],
-                       optim=OptimConfig(lr=0.05, weight_decay=0.01),
-                       schedule=ScheduleConfig(name="constant", warmup_steps=2))
+    return TrainConfig(
+        exp_dir=exp_dir,
+        device="cpu",
+        max_steps=3,
+        accum_grad=2,
+        grad_clip=5.0,
+        log_interval=1,
+        checkpoint_interval=1,
+        progress=False,
+        tensorboard=False,
+        freeze=[FreezeConfig(prefixes=["0."], steps=1)],
+        optim=OptimConfig(lr=0.05, weight_decay=0.01),
+        schedule=ScheduleConfig(name="constant", warmup_steps=2),
+    )
 
 
 def main(exp_dir: str, out: str) -> int:
@@ -74,8 +90,15 @@ def main(exp_dir: str, out: str) -> int:
     res = trainer.fit()
     assert trainer.ddp is not None
     if rank == 0:
-        torch.save({"params": trainer.model.state_dict(), "n_nonfinite": trainer.n_nonfinite, "n_oom": trainer.n_oom,
-                    "step": res.step}, out)
+        torch.save(
+            {
+                "params": trainer.model.state_dict(),
+                "n_nonfinite": trainer.n_nonfinite,
+                "n_oom": trainer.n_oom,
+                "step": res.step,
+            },
+            out,
+        )
     distributed.cleanup()
     return res.exit_code
 
@@ -83,6 +106,7 @@ def main(exp_dir: str, out: str) -> int:
 def child(exp_dir: str, out: str, env: dict[str, str]) -> None:
     """One rank started by the test with the environment torchrun would set."""
     import os
+
     os.environ.update(env)
     sys.exit(main(exp_dir, out))
 

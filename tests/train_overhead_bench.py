@@ -1,4 +1,5 @@
 """Per-update overhead of the Trainer versus a bare loop (not a test): ``python tests/train_overhead_bench.py``."""
+
 from __future__ import annotations
 
 import logging
@@ -34,9 +35,18 @@ def main() -> None:
     batches = data()
     logging.disable(logging.INFO)
     with tempfile.TemporaryDirectory() as d:
-        cfg = TrainConfig(exp_dir=d, device="cpu", max_steps=N, progress=False, tensorboard=True, log_interval=50,
-                          checkpoint_interval=100, grad_clip=1.0, optim=OptimConfig(lr=1e-3),
-                          schedule=ScheduleConfig(name="constant"))
+        cfg = TrainConfig(
+            exp_dir=d,
+            device="cpu",
+            max_steps=N,
+            progress=False,
+            tensorboard=True,
+            log_interval=50,
+            checkpoint_interval=100,
+            grad_clip=1.0,
+            optim=OptimConfig(lr=1e-3),
+            schedule=ScheduleConfig(name="constant"),
+        )
         t = time.perf_counter()
         Trainer(cfg, model(), loss_fn, batches).fit()
         t_trainer = time.perf_counter() - t
@@ -50,8 +60,10 @@ def main() -> None:
         opt.step()
         opt.zero_grad()
     t_raw = time.perf_counter() - t
-    print(f"trainer {t_trainer / N * 1e3:.2f} ms/update (4 checkpoints, 8 log records, TensorBoard); "
-          f"bare loop {t_raw / N * 1e3:.2f} ms/update")
+    print(
+        f"trainer {t_trainer / N * 1e3:.2f} ms/update (4 checkpoints, 8 log records, TensorBoard); "
+        f"bare loop {t_raw / N * 1e3:.2f} ms/update"
+    )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ SIGTERM inside the loss of micro-batch N (``--term-at``), or SIGKILL half-way th
 checkpoint of update S (``--kill-in-write``). Counters are per process. When training ends it
 writes the final parameters to ``--out`` and exits with the trainer's exit code.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,12 +64,14 @@ def build_sampler(kind: str):
     from lhotse import CutSet
     from lhotse.dataset import DynamicBucketingSampler
     from lhotse.testing.dummies import dummy_cut
+
     g = torch.Generator().manual_seed(99)
     durs = (torch.rand(N_ITEMS, generator=g) * 3 + 0.5).tolist()
     warnings.filterwarnings("ignore", message=".*eagerly read CutSet")
     cuts = CutSet.from_cuts(dummy_cut(i, duration=round(d, 2)) for i, d in enumerate(durs))
-    return DynamicBucketingSampler(cuts, max_duration=8.0, num_buckets=3, shuffle=True, seed=7,
-                                   buffer_size=200, world_size=1, rank=0)
+    return DynamicBucketingSampler(
+        cuts, max_duration=8.0, num_buckets=3, shuffle=True, seed=7, buffer_size=200, world_size=1, rank=0
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,16 +121,32 @@ def main(argv: list[str] | None = None) -> int:
                 os.fsync(f.fileno())
                 os.kill(os.getpid(), signal.SIGKILL)
             real_write(obj, f)
+
         ckpt_mod._write = write
 
     # "fork" (Linux's default) also inside a fork-server child, where the default would be a new,
     # cold fork server
-    loader = AsrDataLoader(ItemsDataset(), build_sampler(a.sampler), num_workers=a.workers,
-                           multiprocessing_context="fork" if a.workers else None)
+    loader = AsrDataLoader(
+        ItemsDataset(),
+        build_sampler(a.sampler),
+        num_workers=a.workers,
+        multiprocessing_context="fork" if a.workers else None,
+    )
     cfg = TrainConfig(
-        exp_dir=a.exp_dir, seed=3, device="cpu", max_steps=a.max_steps, max_epochs=a.max_epochs,
-        accum_grad=a.accum, grad_clip=1.0, log_interval=2, valid_interval=3, checkpoint_interval=2,
-        keep_last=3, average_last=2, progress=False, tensorboard=a.tensorboard,
+        exp_dir=a.exp_dir,
+        seed=3,
+        device="cpu",
+        max_steps=a.max_steps,
+        max_epochs=a.max_epochs,
+        accum_grad=a.accum,
+        grad_clip=1.0,
+        log_interval=2,
+        valid_interval=3,
+        checkpoint_interval=2,
+        keep_last=3,
+        average_last=2,
+        progress=False,
+        tensorboard=a.tensorboard,
         optim=OptimConfig(lr=3e-2, weight_decay=0.01),
         schedule=ScheduleConfig(name="tri_stage", warmup_steps=3, hold_steps=3, decay_steps=10),
     )
@@ -154,11 +173,22 @@ def run_child(target, *args):
     started ``multiprocessing.Process`` (``exitcode`` -9 when SIGKILLed).
     """
     import multiprocessing as mp
+
     global _CTX
     if _CTX is None:
         _CTX = mp.get_context("forkserver")
-        _CTX.set_forkserver_preload(["torch", "torch._dynamo", "numpy", "lhotse", "distill.train", "torch.utils.tensorboard",
-                                     "train_toy_script", "train_ddp_script"])
+        _CTX.set_forkserver_preload(
+            [
+                "torch",
+                "torch._dynamo",
+                "numpy",
+                "lhotse",
+                "distill.train",
+                "torch.utils.tensorboard",
+                "train_toy_script",
+                "train_ddp_script",
+            ]
+        )
     p = _CTX.Process(target=target, args=args)
     p.start()
     return p

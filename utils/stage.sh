@@ -6,9 +6,9 @@
 #   fi
 #
 # stage_begin N NAME OUTDIR [INPUT...] logs the start and returns 1 (skip) when OUTDIR holds the marker
-# of an earlier successful run with the same inputs (file contents, or the literal strings given) and
-# $force is not true. stage_end writes the marker and logs the duration. Deleting OUTDIR, changing a
-# config, or --force true makes the stage run again.
+# of an earlier successful run with the same inputs (file contents, with the files a YAML config inherits
+# from, or the literal strings given) and $force is not true. stage_end writes the marker and logs the
+# duration. Deleting OUTDIR, changing a config or one of its bases, or --force true makes the stage run again.
 # Every line also goes to ${log_file:-exp/run.log}.
 
 log() {
@@ -22,8 +22,19 @@ log() {
 _stage_signature() {
   local x
   for x in "$@"; do
-    if [ -f "$x" ]; then echo "file $x $(sha1sum < "$x" | cut -d' ' -f1)"; else echo "arg $x"; fi
+    if [ -f "$x" ]; then echo "file $x $(sha1sum < "$x" | cut -d' ' -f1)"; _stage_bases "$x"; else echo "arg $x"; fi
   done | sha1sum | cut -d' ' -f1
+}
+
+# _stage_bases FILE: for a YAML config that inherits (`base:`), a line per file of its base chain
+# (python -m distill.config lists them), so that a change in a base re-runs the stage too
+_stage_bases() {
+  case $1 in *.yaml|*.yml) ;; *) return 0 ;; esac
+  grep -q '^base:' "$1" || return 0
+  local b
+  python -m distill.config "$1" | while IFS= read -r b; do
+    if [ "$b" != "$1" ]; then echo "base $b $(sha1sum < "$b" | cut -d' ' -f1)"; fi
+  done
 }
 
 stage_begin() {

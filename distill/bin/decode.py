@@ -8,29 +8,31 @@
 <test set>-<method>.txt`` and ``result.json``, then ``<exp_root>/RESULTS.md``, ``results.json`` and PNG
 plots, and prints the tables and the plot paths. A row whose model does not exist is reported as "not
 trained". Exit status: 2 for a configuration error, 1 for bad input (an invalid reference, a missing
-graph, a model whose outputs do not match the lang dir), 0 otherwise. See docs/stage6.md.
+graph, a model whose outputs do not match the lang dir), 0 otherwise. See docs/stage6.md; the stage is
+:func:`distill.decode.evaluate.run`.
 """
+
 from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 from distill.config import dump_config, parse_cli
-from distill.decode.evaluate import DecodeConfig, check_config, run
+from distill.decode.config import DecodeConfig, check_config
+from distill.decode.evaluate import run
 from distill.log import setup_logging
+from distill.models import CheckpointError
 
 log = logging.getLogger("distill.bin.decode")
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     cfg = parse_cli(DecodeConfig, argv, check=check_config)
     out = Path(cfg.out_dir)
     setup_logging(cfg.log_file or out / "decode.log")
     dump_config(cfg, out / "decode.yaml")
-    from distill.models import CheckpointError
-
     try:
         res = run(cfg)
     except (ValueError, OSError, CheckpointError) as e:

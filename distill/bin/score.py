@@ -8,16 +8,19 @@ Prints ``%WER x.xx [ E / N, I ins, D del, S sub ]`` (Kaldi compute-wer style), `
 of utterances scored. With ``--out-dir`` it also writes icefall's ``recogs-``, ``errs-`` and
 ``wer-summary-<test-set>-<suffix>.txt``. Bad input (non-UTF-8 line, repeated id, hypothesis without
 reference, empty reference with ``--strict``) exits with status 1 and a message naming the utterance.
+The work is :func:`distill.scoring.text_files.score_text_files`.
 """
+
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from distill.log import setup_logging
-from distill.scoring import format_wer, read_kaldi_text, validate_refs, wer, write_scoring_files
+from distill.scoring import format_wer
+from distill.scoring.text_files import score_text_files
 
 log = logging.getLogger("distill.bin.score")
 
@@ -29,12 +32,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--ref", required=True, help="reference Kaldi text file (utt-id words...)")
     ap.add_argument("--hyp", required=True, help="hypothesis Kaldi text file (utt-id words...)")
-    ap.add_argument("--mode", choices=["sclite", "levenshtein"], default="sclite",
-                    help="sclite: sclite's exact counts (default); levenshtein: Kaldi compute-wer's")
-    ap.add_argument("--normalize", choices=["none", "gigaspeech"], default="none",
-                    help="text normalisation applied to both sides before scoring")
-    ap.add_argument("--case-sensitive", action=argparse.BooleanOptionalAction, default=None,
-                    help="compare words case-sensitively (default: no for sclite, yes for levenshtein)")
+    ap.add_argument(
+        "--mode",
+        choices=["sclite", "levenshtein"],
+        default="sclite",
+        help="sclite: sclite's exact counts (default); levenshtein: Kaldi compute-wer's",
+    )
+    ap.add_argument(
+        "--normalize",
+        choices=["none", "gigaspeech"],
+        default="none",
+        help="text normalisation applied to both sides before scoring",
+    )
+    ap.add_argument(
+        "--case-sensitive",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="compare words case-sensitively (default: no for sclite, yes for levenshtein)",
+    )
     ap.add_argument("--strict", action="store_true", help="fail on empty references")
     ap.add_argument("--out-dir", help="write recogs-/errs-/wer-summary- files here")
     ap.add_argument("--test-set", help="test set name for the file names (with --out-dir)")
@@ -43,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
     if args.out_dir and not (args.test_set and args.suffix):
@@ -51,15 +66,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     setup_logging(None, level=logging.WARNING)
     normalize = None if args.normalize == "none" else args.normalize
     try:
-        refs = read_kaldi_text(args.ref)
-        hyps = read_kaldi_text(args.hyp)
-        if args.strict:
-            validate_refs(refs, normalize)
-        if args.out_dir:
-            res = write_scoring_files(args.out_dir, args.test_set, args.suffix, refs, hyps, mode=args.mode,
-                                      normalize=normalize, case_sensitive=args.case_sensitive, key=args.key)
-        else:
-            res = wer(refs, hyps, mode=args.mode, normalize=normalize, case_sensitive=args.case_sensitive)
+        res = score_text_files(
+            args.ref,
+            args.hyp,
+            mode=args.mode,
+            normalize=normalize,
+            case_sensitive=args.case_sensitive,
+            strict=args.strict,
+            out_dir=args.out_dir,
+            test_set=args.test_set,
+            suffix=args.suffix,
+            key=args.key,
+        )
     except (OSError, ValueError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

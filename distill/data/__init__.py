@@ -12,18 +12,27 @@ Public API for the trainer and decoders::
             ...
         state = dl.state_dict()   # resume mid-epoch with dl.load_state_dict(state)
 """
+
 import importlib
 from typing import Any
 
-# Imported lazily (PEP 562) so that ``import distill.data.tokenizer`` does not pull in lhotse.
+# Re-exported lazily (PEP 562) so that ``import distill.data.tokenizer`` (stage 1, the decode-graph builder)
+# does not pull in lhotse and torch.
 _EXPORTS = {
-    "WaveformTimeMask": "augment", "mask_time_channels": "augment",
+    "WaveformTimeMask": "augment",
+    "mask_time_channels": "augment",
     "AsrDataset": "dataset",
-    "ctc_min_frames": "filters", "w2v2_num_frames": "filters",
-    "AsrDataLoader": "loader", "make_dataloader": "loader",
-    "load_cuts": "manifests", "read_cuts_index": "manifests", "read_splits_index": "manifests",
-    "TextNormalizer": "text", "TextNormConfig": "text",
-    "Tokenizer": "tokenizer", "TokenizerError": "tokenizer",
+    "ctc_min_frames": "filters",
+    "w2v2_num_frames": "filters",
+    "AsrDataLoader": "loader",
+    "make_dataloader": "loader",
+    "load_cuts": "manifests",
+    "read_cuts_index": "manifests",
+    "read_splits_index": "manifests",
+    "TextNormalizer": "text",
+    "TextNormConfig": "text",
+    "Tokenizer": "tokenizer",
+    "TokenizerError": "tokenizer",
 }
 
 

@@ -12,22 +12,30 @@ one place that runs them. A path that is not a regular file (directory, FIFO, sy
 Problems raise :class:`AudioProblem` carrying a reason from :mod:`distill.data.report`, so the caller
 can drop and count the item instead of crashing.
 """
+
 from __future__ import annotations
 
 import errno
+import importlib.util
 import io
 import logging
 import math
 import os
 import stat
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Literal, TypeVar
+from typing import Literal, TypeVar
 
 import numpy as np
 import soundfile as sf
 import torch
+from lhotse.audio.backend import LibsndfileBackend, audio_backend
+from lhotse.audio.resampling_backend import set_current_resampling_backend
+from lhotse.augmentation.torchaudio import Resample
+from lhotse.tools.libsox import libsox_available
+from lhotse.utils import compute_num_samples, fastcopy
 
 from distill.data import report as R
 from distill.data.pipe import DEFAULT_PIPE_TIMEOUT, PipeError, run_pipe
@@ -123,9 +131,13 @@ def path_problem(path: str | Path) -> AudioProblem | None:
                 return AudioProblem(R.MISSING_AUDIO, f"'{p}' is a dangling symlink (to '{os.readlink(p)}')")
             return AudioProblem(R.MISSING_AUDIO, f"'{p}' does not exist")
         return AudioProblem(R.UNREADABLE_AUDIO, f"'{p}': {e.strerror}")
-    kinds = ((stat.S_ISDIR, "is a directory"), (stat.S_ISFIFO, "is a FIFO (named pipe)"),
-             (stat.S_ISSOCK, "is a socket"), (stat.S_ISCHR, "is a character device"),
-             (stat.S_ISBLK, "is a block device"))
+    kinds = (
+        (stat.S_ISDIR, "is a directory"),
+        (stat.S_ISFIFO, "is a FIFO (named pipe)"),
+        (stat.S_ISSOCK, "is a socket"),
+        (stat.S_ISCHR, "is a character device"),
+        (stat.S_ISBLK, "is a block device"),
+    )
     for test, what in kinds:
         if test(st.st_mode):
             return AudioProblem(R.NOT_REGULAR_FILE, f"'{p}' {what}, not a regular file")
@@ -161,7 +173,9 @@ def probe_file(path: str | Path, check: AudioCheck = "tail") -> AudioInfo:
     if check != "header":
         short = _wav_declared_shortfall(p)
         if short:
-            raise AudioProblem(R.TRUNCATED_AUDIO, f"{p}: the WAV header declares {short} more bytes than the file holds")
+            raise AudioProblem(
+                R.TRUNCATED_AUDIO, f"{p}: the WAV header declares {short} more bytes than the file holds"
+            )
     return AudioInfo(int(sr), int(n), int(ch))
 
 
@@ -228,12 +242,7 @@ def ensure_resampling_backend() -> None:
     global _resampling_ready
     if _resampling_ready:
         return
-    import importlib.util
-
     if importlib.util.find_spec("torchaudio") is None and importlib.util.find_spec("scipy") is None:
-        from lhotse.audio.resampling_backend import set_current_resampling_backend
-        from lhotse.tools.libsox import libsox_available
-
         if not libsox_available():
             raise RuntimeError(
                 "audio that is not at 16 kHz needs resampling, which needs one of: scipy "
@@ -250,8 +259,9 @@ def _downmix(audio: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(audio)
 
 
-def resample(x: np.ndarray, sr_in: int, sr_out: int, zeros: int = 24, rolloff: float = 0.94,
-             beta: float = 8.6) -> np.ndarray:
+def resample(
+    x: np.ndarray, sr_in: int, sr_out: int, zeros: int = 24, rolloff: float = 0.94, beta: float = 8.6
+) -> np.ndarray:
     """Band-limited resampling of a 1-D signal (Kaiser-windowed sinc, ``zeros`` zero crossings each side).
 
     Needs neither torchaudio nor scipy. Output sample n sits at input time ``n * sr_in / sr_out``; the
@@ -279,10 +289,11 @@ def resample(x: np.ndarray, sr_in: int, sr_out: int, zeros: int = 24, rolloff: f
     n_steps = int(math.ceil(n_out / up))
     need = (n_steps - 1) * down + width
     padded = np.zeros(need + half, dtype=np.float32)
-    padded[half:half + len(x)] = x
+    padded[half : half + len(x)] = x
     with torch.no_grad():
-        y = torch.nn.functional.conv1d(torch.from_numpy(padded)[None, None], torch.from_numpy(kernel)[:, None, :],
-                                       stride=down)
+        y = torch.nn.functional.conv1d(
+            torch.from_numpy(padded)[None, None], torch.from_numpy(kernel)[:, None, :], stride=down
+        )
     return y[0].T.reshape(-1)[:n_out].numpy().copy()
 
 
@@ -299,8 +310,6 @@ def _soundfile_backend():
     """
     global _SOUNDFILE_BACKEND
     if _SOUNDFILE_BACKEND is None:
-        from lhotse.audio.backend import LibsndfileBackend
-
         _SOUNDFILE_BACKEND = LibsndfileBackend()
     return _SOUNDFILE_BACKEND
 
@@ -313,8 +322,6 @@ def load_cut_audio(cut) -> np.ndarray:
     its libsox fallback garbles multi-channel audio (it hands libsox strided channel views).
     Files are decoded by soundfile only (see :func:`_soundfile_backend`).
     """
-    from lhotse.audio.backend import audio_backend
-
     with audio_backend(_soundfile_backend()):
         try:
             return _load_cut_audio(cut)
@@ -350,9 +357,6 @@ def _root_reason(e: BaseException) -> str:
 
 
 def _load_cut_audio(cut) -> np.ndarray:
-    from lhotse.augmentation.torchaudio import Resample
-    from lhotse.utils import compute_num_samples, fastcopy
-
     rec = getattr(cut, "recording", None)
     tfs = list(rec.transforms or []) if rec is not None else []
     if not tfs:

@@ -4,9 +4,10 @@
 augmentation plugs into the data loader as *hooks*: callables ``hook(audio [B,S], lengths [B]) ->
 (audio, lengths)`` run on every collated batch (see :class:`WaveformTimeMask`).
 """
+
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 
@@ -14,7 +15,7 @@ WaveformHook = Callable[[torch.Tensor, torch.Tensor], "tuple[torch.Tensor, torch
 
 
 def _span_mask(
-    batch: int, size: torch.Tensor, num: int, max_width: int, total: int, generator: Optional[torch.Generator]
+    batch: int, size: torch.Tensor, num: int, max_width: int, total: int, generator: torch.Generator | None
 ) -> torch.Tensor:
     """[batch, total] bool: ``num`` spans of width U{0..max_width} inside each row's first ``size[b]`` items."""
     if num <= 0 or max_width <= 0:
@@ -31,14 +32,14 @@ def _span_mask(
 
 def mask_time_channels(
     x: torch.Tensor,
-    lengths: Optional[torch.Tensor] = None,
+    lengths: torch.Tensor | None = None,
     *,
     num_time_masks: int = 2,
     max_time_width: int = 10,
     num_channel_masks: int = 2,
     max_channel_width: int = 8,
     mask_value: float | torch.Tensor = 0.0,
-    generator: Optional[torch.Generator] = None,
+    generator: torch.Generator | None = None,
     return_masks: bool = False,
 ):
     """SpecAugment-style masking of ``x`` [B, T, C] (not in place).
@@ -74,7 +75,11 @@ class WaveformTimeMask:
 
     def __call__(self, audio: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = mask_time_channels(
-            audio.unsqueeze(-1), lengths, num_time_masks=self.num_masks, max_time_width=self.max_width,
-            num_channel_masks=0, generator=self.generator,
+            audio.unsqueeze(-1),
+            lengths,
+            num_time_masks=self.num_masks,
+            max_time_width=self.max_width,
+            num_channel_masks=0,
+            generator=self.generator,
         )
         return out.squeeze(-1), lengths

@@ -8,12 +8,13 @@ Batch (a dict):
   ``cut_ids``     list of B cut ids (duplicates padded in by a distributed sampler end in ``_dupN``)
   ``cuts``        the CutSet (only with ``return_cuts=True``)
 """
+
 from __future__ import annotations
 
 import logging
 import random
 import zlib
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -39,8 +40,8 @@ class AsrDataset(torch.utils.data.Dataset):
 
     def __init__(
         self,
-        tokenizer: Optional[Tokenizer] = None,
-        speed_perturb: Optional[Sequence[float]] = None,
+        tokenizer: Tokenizer | None = None,
+        speed_perturb: Sequence[float] | None = None,
         hooks: Sequence[WaveformHook] = (),
         seed: int = 0,
         return_cuts: bool = False,

@@ -1,7 +1,8 @@
 """Length rules for training utterances: output frames of the wav2vec 2.0 CNN and the CTC fit test."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 # wav2vec 2.0 feature encoder: 7 conv layers, total stride 320 samples = 20 ms at 16 kHz
 W2V2_KERNELS = (10, 3, 3, 3, 3, 2, 2)

@@ -11,12 +11,15 @@ GigaSpeech text conventions: the punctuation tags ``<COMMA> <PERIOD> <QUESTIONMA
 <EXCLAMATIONPOINT>`` are removed from ``text_tn`` (the original is kept in ``custom["orig_text"]``);
 utterances made only of the garbage tags ``<SIL> <MUSIC> <NOISE> <OTHER>`` are dropped and counted.
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
+import ijson
 import numpy as np
 from tqdm import tqdm
 
@@ -27,7 +30,8 @@ from distill.data.prep_common import DataPrepError, Utterance, assemble
 
 log = logging.getLogger(__name__)
 
-SUBSETS = ("XS", "S", "M", "L", "XL", "DEV", "TEST")
+TRAIN_SUBSETS = ("XS", "S", "M", "L", "XL")  # nested training subsets: XS is in S, ..., L in XL
+SUBSETS = (*TRAIN_SUBSETS, "DEV", "TEST")
 PUNCTUATION_TAGS = ("<COMMA>", "<PERIOD>", "<QUESTIONMARK>", "<EXCLAMATIONPOINT>")
 GARBAGE_TAGS = ("<SIL>", "<MUSIC>", "<NOISE>", "<OTHER>")
 
@@ -69,8 +73,6 @@ def iter_audios(path: Path, progress: Callable[[int], None] | None = None) -> It
     UTF-8, or has no top-level ``audios`` list raises :class:`DataPrepError`. ``progress`` is called
     with the bytes read so far.
     """
-    import ijson
-
     n = 0
     try:
         with open(path, "rb") as f:
@@ -142,8 +144,13 @@ class _SeenSegmentIds:
 
 
 def _segments_of(
-    n: int, audio: Any, corpus_dir: Path, subsets: Sequence[str], report: R.PrepReport,
-    seen_aid: set[str], seen_sid: _SeenSegmentIds,
+    n: int,
+    audio: Any,
+    corpus_dir: Path,
+    subsets: Sequence[str],
+    report: R.PrepReport,
+    seen_aid: set[str],
+    seen_sid: _SeenSegmentIds,
 ) -> tuple[str, str, dict[str, list[Utterance]]] | None:
     """One ``audios`` entry: (aid, audio path, part → its utterances), bad segments dropped and counted."""
     aid = audio.get("aid") if isinstance(audio, dict) else None
@@ -185,8 +192,14 @@ def _segments_of(
             else:
                 per_part.setdefault(s, []).append(
                     Utterance(
-                        id=sid, recording_id=aid, text=text, speaker=seg.get("speaker"),
-                        start=start, end=end, language="English", custom={"orig_text": orig},
+                        id=sid,
+                        recording_id=aid,
+                        text=text,
+                        speaker=seg.get("speaker"),
+                        start=start,
+                        end=end,
+                        language="English",
+                        custom={"orig_text": orig},
                     )
                 )
     return (aid, str(corpus_dir / rel), per_part) if per_part else None
@@ -212,7 +225,9 @@ def write_manifests(
     """
     for s in subsets:
         if s not in SUBSETS:
-            raise DataPrepError(f"unknown GigaSpeech subset '{s}' (known: {', '.join(SUBSETS)}); fix `splits` in conf/data.yaml")
+            raise DataPrepError(
+                f"unknown GigaSpeech subset '{s}' (known: {', '.join(SUBSETS)}); fix `splits` in conf/data.yaml"
+            )
     if not corpus_dir.is_dir():
         raise DataPrepError(f"corpus_dir '{corpus_dir}' does not exist")
     path = metadata_path(corpus_dir)
@@ -233,8 +248,9 @@ def write_manifests(
 
     size = path.stat().st_size
     log.info("GigaSpeech: streaming %s (%.1f MB), probing audio with %d jobs", path, size / 1e6, nj)
-    with tqdm(total=size, unit="B", unit_scale=True, desc="GigaSpeech.json", mininterval=10,
-              disable=size < 1 << 28) as bar:
+    with tqdm(
+        total=size, unit="B", unit_scale=True, desc="GigaSpeech.json", mininterval=10, disable=size < 1 << 28
+    ) as bar:
         for n, audio in enumerate(iter_audios(path, lambda pos: bar.update(pos - bar.n))):
             item = _segments_of(n, audio, corpus_dir, subsets, report, seen_aid, seen_sid)
             if item is not None:

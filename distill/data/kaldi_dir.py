@@ -7,12 +7,13 @@ that nothing is decoded again, and read through ``lhotse.kaldi.load_kaldi_data_d
 sampling rate for the whole directory, so each recording is then corrected from its probe (true
 rate and channels, plus a Resample transform when it is not 16 kHz).
 """
+
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from lhotse import RecordingSet, SupervisionSegment, SupervisionSet
 from lhotse.kaldi import load_kaldi_data_dir
@@ -66,7 +67,11 @@ def _read_segments(
 
 
 def scan_dir(
-    data_dir: Path, split: str, report: R.PrepReport, nj: int, check: AudioCheck,
+    data_dir: Path,
+    split: str,
+    report: R.PrepReport,
+    nj: int,
+    check: AudioCheck,
     pipe_timeout: float = DEFAULT_PIPE_TIMEOUT,
 ) -> tuple[dict[str, str], dict[str, AudioInfo], dict[str, tuple[str, float, float]], dict[str, str], dict[str, str]]:
     """Validated content of one data dir: sources, probes, segments (utt → rec,start,end), texts, speakers."""
@@ -88,7 +93,9 @@ def scan_dir(
             report.drop(split, R.NO_TRANSCRIPT, utt, f"{seg_path}: no line in {data_dir / 'text'}")
         for utt in sorted(segments.keys() & texts.keys()):
             if segments[utt][0] not in wav:
-                report.drop(split, R.NO_AUDIO_ENTRY, utt, f"recording '{segments[utt][0]}' of {seg_path} is not in wav.scp")
+                report.drop(
+                    split, R.NO_AUDIO_ENTRY, utt, f"recording '{segments[utt][0]}' of {seg_path} is not in wav.scp"
+                )
         segments = {u: s for u, s in segments.items() if u in texts and s[0] in wav}
     else:
         for utt in sorted(texts.keys() - wav.keys() - rejected):
@@ -130,8 +137,12 @@ def scan_dir(
 
 
 def _write_clean_dir(
-    clean: Path, sources: dict[str, str], probes: dict[str, AudioInfo],
-    segments: dict[str, tuple[str, float, float]], texts: dict[str, str], speakers: dict[str, str],
+    clean: Path,
+    sources: dict[str, str],
+    probes: dict[str, AudioInfo],
+    segments: dict[str, tuple[str, float, float]],
+    texts: dict[str, str],
+    speakers: dict[str, str],
 ) -> None:
     clean.mkdir(parents=True, exist_ok=True)
     recs = sorted({s[0] for s in segments.values()})
@@ -144,11 +155,19 @@ def _write_clean_dir(
     write("reco2dur", [f"{r} {probes[r].duration:.6f}" for r in recs])
     write("text", [f"{u} {texts[u]}" for u in utts])
     write("utt2spk", [f"{u} {speakers[u]}" for u in utts])
-    write("segments", [
-        f"{u} {segments[u][0]} {segments[u][1]:.6f} "
-        f"{min(segments[u][2] if segments[u][2] >= 0 else probes[segments[u][0]].duration, probes[segments[u][0]].duration):.6f}"
-        for u in utts
-    ])
+    write(
+        "segments",
+        [
+            f"{u} {segments[u][0]} {segments[u][1]:.6f} "
+            f"{_segment_end(segments[u], probes[segments[u][0]].duration):.6f}"
+            for u in utts
+        ],
+    )
+
+
+def _segment_end(seg: tuple, duration: float) -> float:
+    """A segment's end time: its own (``-1``: the recording's end), never past the recording."""
+    return min(seg[2] if seg[2] >= 0 else duration, duration)
 
 
 def prepare(

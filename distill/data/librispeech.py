@@ -5,14 +5,16 @@ tree: same ids, durations, speakers, texts), but are built from a validated scan
 stops with a traceback on an empty transcript line, a non-UTF-8 line or an unreadable FLAC, and drops
 a missing FLAC with only a log warning. Here each of those is dropped and counted in the report.
 """
+
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from lhotse import RecordingSet, SupervisionSet
+from lhotse.recipes import download_librispeech
 
 from distill.data import report as R
 from distill.data.audio import AudioCheck, probe_many
@@ -21,9 +23,15 @@ from distill.data.prep_common import DataPrepError, Utterance, assemble, read_li
 log = logging.getLogger(__name__)
 
 PARTS = (
-    "train-clean-100", "train-clean-360", "train-other-500",
-    "dev-clean", "dev-other", "test-clean", "test-other",
-    "dev-clean-2", "train-clean-5",
+    "train-clean-100",
+    "train-clean-360",
+    "train-other-500",
+    "dev-clean",
+    "dev-other",
+    "test-clean",
+    "test-other",
+    "dev-clean-2",
+    "train-clean-5",
 )
 
 
@@ -33,8 +41,11 @@ def find_part_dir(corpus_dir: Path, part: str) -> Path:
         if cand.is_dir():
             return cand
     avail = sorted(
-        p.name for base in (corpus_dir / "LibriSpeech", corpus_dir) if base.is_dir()
-        for p in base.iterdir() if p.is_dir() and p.name != "LibriSpeech"
+        p.name
+        for base in (corpus_dir / "LibriSpeech", corpus_dir)
+        if base.is_dir()
+        for p in base.iterdir()
+        if p.is_dir() and p.name != "LibriSpeech"
     )
     raise DataPrepError(
         f"LibriSpeech part '{part}' not found: looked for {corpus_dir / 'LibriSpeech' / part} and "
@@ -65,9 +76,7 @@ def scan_part(part_dir: Path, split: str, report: R.PrepReport) -> list[tuple[Ut
             if not text:
                 report.drop(split, R.EMPTY_TRANSCRIPT, uid, where)
                 continue
-            utt = Utterance(
-                id=uid, recording_id=uid, text=text, speaker=re.sub(r"-.*", "", uid), language="English"
-            )
+            utt = Utterance(id=uid, recording_id=uid, text=text, speaker=re.sub(r"-.*", "", uid), language="English")
             out.append((utt, audio_path(part_dir, uid)))
     listed = {u.id for u, _ in out} | set(seen)
     for flac in sorted(part_dir.rglob("*.flac")):
@@ -86,8 +95,6 @@ def prepare(
 ) -> dict[str, tuple[RecordingSet, SupervisionSet]]:
     """Recordings and supervisions for each requested LibriSpeech part."""
     if download:
-        from lhotse.recipes import download_librispeech
-
         log.info("downloading LibriSpeech parts %s into %s", list(parts), corpus_dir)
         corpus_dir.mkdir(parents=True, exist_ok=True)
         download_librispeech(target_dir=corpus_dir, dataset_parts=list(parts))

@@ -1,10 +1,12 @@
 """The trainer's entry point: cuts → DDP-aware, resumable loader of padded waveform batches."""
+
 from __future__ import annotations
 
 import itertools
 import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any
 
 import torch
 from lhotse import CutSet
@@ -23,7 +25,7 @@ class _SamplerView:
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
-        self.current: Optional[Iterator[Any]] = None
+        self.current: Iterator[Any] | None = None
 
     def __len__(self) -> int:
         return len(self.inner)
@@ -54,8 +56,9 @@ class AsrDataLoader:
         self.dataset = dataset
         self.sampler = sampler
         self._view = _SamplerView(sampler)
-        self.loader = torch.utils.data.DataLoader(dataset, sampler=self._view, batch_size=None,
-                                                  num_workers=num_workers, **loader_kwargs)
+        self.loader = torch.utils.data.DataLoader(
+            dataset, sampler=self._view, batch_size=None, num_workers=num_workers, **loader_kwargs
+        )
         self._epoch = int(getattr(sampler, "epoch", 0))
         self._consumed = 0  # batches of this epoch handed out
         self._skip = 0  # restored position, applied by the next iter()
@@ -85,7 +88,8 @@ class AsrDataLoader:
                 raise RuntimeError(
                     f"AsrDataLoader: the restored position is batch {skip} of epoch {self._epoch}, but the "
                     f"sampler yields only {done} batches in that epoch (did the training data, max_duration, "
-                    "the seed or the number of processes change since the state was saved?)")
+                    "the seed or the number of processes change since the state was saved?)"
+                )
         self._view.current = it
         try:
             batches = iter(self.loader)
@@ -108,8 +112,10 @@ class AsrDataLoader:
             epoch = int(sd["epoch"] if "epoch" in sd else sd["inner"]["epoch"])
             count = int(sd["count"])
         except (KeyError, TypeError, ValueError):
-            raise ValueError("AsrDataLoader.load_state_dict: expected {'epoch': int, 'count': int}, got "
-                             f"{sorted(sd) if isinstance(sd, dict) else type(sd).__name__}") from None
+            raise ValueError(
+                "AsrDataLoader.load_state_dict: expected {'epoch': int, 'count': int}, got "
+                f"{sorted(sd) if isinstance(sd, dict) else type(sd).__name__}"
+            ) from None
         if count < 0:
             raise ValueError(f"AsrDataLoader.load_state_dict: count must be >= 0, got {count}")
         self.set_epoch(epoch)
@@ -122,7 +128,7 @@ class _Batches:
     def __init__(self, owner: AsrDataLoader, it: Iterator[Any]) -> None:
         self._owner, self._it = owner, it
 
-    def __iter__(self) -> "_Batches":
+    def __iter__(self) -> _Batches:
         return self
 
     def __next__(self) -> Any:
@@ -133,19 +139,19 @@ class _Batches:
 
 def make_dataloader(
     cuts: CutSet | str | Path,
-    tokenizer: Optional[Tokenizer],
+    tokenizer: Tokenizer | None,
     max_duration: float,
     shuffle: bool = True,
-    rank: Optional[int] = None,
-    world_size: Optional[int] = None,
+    rank: int | None = None,
+    world_size: int | None = None,
     seed: int = 0,
     *,
     num_buckets: int = 10,
     num_workers: int = 0,
-    speed_perturb: Optional[Sequence[float]] = None,
+    speed_perturb: Sequence[float] | None = None,
     hooks: Sequence[WaveformHook] = (),
     drop_last: bool = False,
-    max_cuts: Optional[int] = None,
+    max_cuts: int | None = None,
     buffer_size: int = 20000,
     return_cuts: bool = False,
 ) -> AsrDataLoader:
@@ -164,8 +170,13 @@ def make_dataloader(
     if head == 0:
         raise ValueError("make_dataloader: the cut set is empty")
     common = dict(
-        max_duration=max_duration, max_cuts=max_cuts, shuffle=shuffle, drop_last=drop_last,
-        world_size=world_size, rank=rank, seed=seed,
+        max_duration=max_duration,
+        max_cuts=max_cuts,
+        shuffle=shuffle,
+        drop_last=drop_last,
+        world_size=world_size,
+        rank=rank,
+        seed=seed,
     )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*eagerly read CutSet.*")

@@ -8,11 +8,13 @@
 
 Paths inside both files are relative to the index file's directory.
 """
+
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import yaml
 from lhotse import CutSet, Recording, RecordingSet, SupervisionSegment, SupervisionSet
@@ -53,8 +55,9 @@ def supervision_dict(s: SupervisionSegment) -> dict[str, Any]:
     return {k: v for k in _SUP_FIELDS if (v := getattr(s, k)) is not None}
 
 
-def mono_cut_dicts(rec: Recording, rec_dict: dict[str, Any], sups: Sequence[SupervisionSegment],
-                   sup_dicts: Sequence[dict[str, Any]]) -> Optional[list[dict[str, Any]]]:
+def mono_cut_dicts(
+    rec: Recording, rec_dict: dict[str, Any], sups: Sequence[SupervisionSegment], sup_dicts: Sequence[dict[str, Any]]
+) -> list[dict[str, Any]] | None:
     """``[c.to_dict() for c in cuts_from_manifests(rec, sups)]`` for a one-channel recording, ~20x faster.
 
     It repeats lhotse's ``trim_to_supervisions`` arithmetic (``truncate``: start and duration rounded
@@ -78,8 +81,17 @@ def mono_cut_dicts(rec: Recording, rec_dict: dict[str, Any], sups: Sequence[Supe
         if past_end > 0:
             duration = add_durations(duration, -past_end, sampling_rate=sr)
         sup = {**d, "start": round(s.start - s.start, ndigits=8)}
-        out.append({"id": s.id, "start": start, "duration": duration, "channel": s.channel, "supervisions": [sup],
-                    "recording": rec_dict, "type": "MonoCut"})
+        out.append(
+            {
+                "id": s.id,
+                "start": start,
+                "duration": duration,
+                "channel": s.channel,
+                "supervisions": [sup],
+                "recording": rec_dict,
+                "type": "MonoCut",
+            }
+        )
     return out
 
 
@@ -124,8 +136,12 @@ class PartWriter:
         for w in (self._recs, self._sups, self._cuts):
             w._maybe_open()  # an empty part still gets its (empty) files
             w.close()
-        return {**self.files, "num_utterances": self.num_utterances, "num_recordings": self.num_recordings,
-                "hours": round(self.seconds / 3600, 4)}
+        return {
+            **self.files,
+            "num_utterances": self.num_utterances,
+            "num_recordings": self.num_recordings,
+            "hours": round(self.seconds / 3600, 4),
+        }
 
 
 def write_splits_index(out_dir: Path, corpus: str, splits: dict[str, list[str]], parts: dict[str, Any]) -> Path:
@@ -172,7 +188,7 @@ def read_cuts_index(lang_dir: str | Path) -> dict[str, Any]:
     return out
 
 
-def read_cuts_size(lang_dir: str | Path, split: str = "train") -> Optional[tuple[float, int]]:
+def read_cuts_size(lang_dir: str | Path, split: str = "train") -> tuple[float, int] | None:
     """(hours, utterances) of stage 1's ``split`` (test: all parts together) from ``cuts.yaml``; None when
     it does not say (lang dirs written before it did)."""
     path = Path(lang_dir) / CUTS_FILE

@@ -5,6 +5,7 @@ measure it and ``transcribe --wav-scp`` runs it to read the audio. A pipe that h
 timeout (stage 0: ``pipe_timeout`` in the data config; transcribe: ``--pipe-timeout``) together with
 every process it started: the command runs in its own session, and the whole process group is killed.
 """
+
 from __future__ import annotations
 
 import os
@@ -54,19 +55,29 @@ def run_pipe(cmd: str, timeout: float = DEFAULT_PIPE_TIMEOUT) -> bytes:
     caller is interrupted, the whole group is killed, so no child of the pipe (``sox ... | sox ...``, a
     ``sleep``) outlives it. Raises :class:`PipeError` naming the command's first words.
     """
-    proc = subprocess.Popen(cmd, shell=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,  # noqa: S602
-                            stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        shell=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,  # noqa: S602
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         _kill_group(proc)
-        raise PipeError(f"command {command_head(cmd)} did not finish within the pipe timeout of {timeout:g} s; "
-                        "it was killed with its child processes", timed_out=True) from None
+        raise PipeError(
+            f"command {command_head(cmd)} did not finish within the pipe timeout of {timeout:g} s; "
+            "it was killed with its child processes",
+            timed_out=True,
+        ) from None
     except BaseException:
         _kill_group(proc)
         raise
     if proc.returncode != 0:
         lines = err.decode("utf-8", "replace").strip().splitlines()
-        raise PipeError(f"command {command_head(cmd)} exited with status {proc.returncode}"
-                        + (f": {lines[-1]}" if lines else ""))
+        raise PipeError(
+            f"command {command_head(cmd)} exited with status {proc.returncode}" + (f": {lines[-1]}" if lines else "")
+        )
     return out

@@ -1,11 +1,13 @@
 """Shared pieces of stage 0: checked text reading, recordings from probes, manifest assembly."""
+
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from lhotse import CutSet, Recording, RecordingSet, SupervisionSegment, SupervisionSet
 from lhotse.audio import AudioSource
@@ -82,8 +84,10 @@ def segment_problem(start: float, end: float | None, duration: float, rec_id: st
         return R.BAD_SEGMENT_TIME, f"segment {start}–{end} s of recording '{rec_id}'"
     e = duration if end is None or end < 0 else end
     if start < 0 or e <= start or e > duration + SEGMENT_END_TOLERANCE:
-        return R.BAD_SEGMENT, (f"segment {start:.2f}–{e:.2f} s of recording '{rec_id}' ({duration:.2f} s long"
-                               + (", truncated audio?)" if e > duration else ")"))
+        return R.BAD_SEGMENT, (
+            f"segment {start:.2f}–{e:.2f} s of recording '{rec_id}' ({duration:.2f} s long"
+            + (", truncated audio?)" if e > duration else ")")
+        )
     return None
 
 

@@ -6,6 +6,7 @@ report prints a one-line summary per split (``kept N, dropped M: reason → coun
 first few offending ids per reason with the file they came from, and is written as JSON next to the
 stage's outputs, so that no utterance disappears silently.
 """
+
 from __future__ import annotations
 
 import json

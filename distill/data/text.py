@@ -6,6 +6,7 @@ garbage; case folding; punctuation stripping (Unicode categories P* and S*; hyph
 spaces, apostrophes are kept inside and at the edge of words); whitespace collapsed. Other
 ``<...>`` tokens (e.g. ``<UNK>``) are kept verbatim.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -48,10 +49,7 @@ class TextNormalizer:
         if _TAG.match(word):
             return word
         word = _DASHES.sub(" ", word)
-        chars = [
-            c if c == "'" or c == " " or not unicodedata.category(c).startswith(("P", "S")) else " "
-            for c in word
-        ]
+        chars = [c if c == "'" or c == " " or not unicodedata.category(c).startswith(("P", "S")) else " " for c in word]
         pieces = "".join(chars).split()
         # apostrophes with no letter next to them are punctuation too
         return " ".join(p for p in (q.strip("'") if set(q) == {"'"} else q for q in pieces) if p)

@@ -7,11 +7,12 @@ of the first key (``\\ufeffutt1``), which then matches nothing. Every text input
 caller (stage 0 drops and counts a line that is not UTF-8, ``transcribe`` stops naming it):
 :func:`decode_line` raises :class:`NotUtf8Error` with the file, line number and the line's first field.
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ def iter_raw_lines(path: str | Path) -> Iterator[tuple[int, bytes]]:
         for lineno, raw in enumerate(f, 1):
             raw = raw.rstrip(b"\r\n")
             if lineno == 1 and raw.startswith(UTF8_BOM):
-                raw = raw[len(UTF8_BOM):]
+                raw = raw[len(UTF8_BOM) :]
                 log.warning("%s: removed the UTF-8 byte-order mark at the start of the file", path)
             yield lineno, raw
 

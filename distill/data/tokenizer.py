@@ -13,13 +13,18 @@ A model directory carries the same token files (:data:`TOKEN_FILES`, copied by
 :func:`copy_token_files`); :func:`check_same_tokens` compares the token inventories wherever a model
 meets a lang dir, so that a lang of the same size but other tokens is refused.
 """
+
 from __future__ import annotations
 
 import logging
+import random
 import shutil
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Literal, Optional, Sequence
+from typing import Literal
+
+import sentencepiece as spm
 
 log = logging.getLogger(__name__)
 
@@ -64,19 +69,19 @@ class Tokenizer:
         return len(self.pieces)
 
     @classmethod
-    def load(cls, lang_dir: str | Path) -> "Tokenizer":
+    def load(cls, lang_dir: str | Path) -> Tokenizer:
         """The tokenizer stage 1 wrote to ``lang_dir`` (``bpe.model`` if present, else ``tokens.txt``)."""
         lang_dir = Path(lang_dir)
         model = lang_dir / "bpe.model"
         if model.is_file():
-            import sentencepiece as spm
-
             sp = spm.SentencePieceProcessor()
             try:
                 sp.load(str(model))
             except (RuntimeError, OSError) as e:  # sentencepiece's message names neither the cause nor always the file
-                raise TokenizerError(f"{model}: not a valid sentencepiece model (corrupt or truncated?): {e}; "
-                                     "rebuild the lang dir with stage 1 (distill.bin.prepare_lang)") from None
+                raise TokenizerError(
+                    f"{model}: not a valid sentencepiece model (corrupt or truncated?): {e}; "
+                    "rebuild the lang dir with stage 1 (distill.bin.prepare_lang)"
+                ) from None
             pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
             return cls("bpe", pieces, sp)
         tokens = lang_dir / "tokens.txt"
@@ -129,20 +134,22 @@ def train_bpe(
 ) -> Tokenizer:
     """Train sentencepiece on one transcript per line; writes ``out_dir/bpe.model`` (and ``bpe.vocab``).
 
-    ``max_sentences`` > 0 trains on a random sample of that many lines when the file has more
-    (sentencepiece's reservoir sampling, seeded: ``input_sentence_size`` + ``shuffle_input_sentence``),
-    which bounds the trainer's memory and time on a large corpus; 0 reads every line.
+    ``max_sentences`` > 0 trains on a random sample of that many lines when the file has more (a
+    reservoir sample drawn here with ``random.Random(seed)``), which bounds the trainer's memory and time
+    on a large corpus; 0 reads every line. The sample is drawn here rather than by sentencepiece
+    (``input_sentence_size``) because sentencepiece's generator is created once per thread: after a first
+    training in a process, its seed no longer applies and the sample depends on what ran before.
     """
-    import sentencepiece as spm
-
     if 0 < max_sentences <= 100:
-        raise TokenizerError(f"max_sentences must be 0 (every line) or more than 100 (sentencepiece), got {max_sentences}")
+        raise TokenizerError(
+            f"max_sentences must be 0 (every line) or more than 100 (sentencepiece), got {max_sentences}"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     prefix = out_dir / "bpe"
-    spm.set_random_generator_seed(seed)
+    sample = _sample_lines(text_file, out_dir / "bpe_train_sample.txt", max_sentences, seed)
     try:
         spm.SentencePieceTrainer.train(
-            input=str(text_file),
+            input=str(sample or text_file),
             model_prefix=str(prefix),
             vocab_size=vocab_size,
             model_type=model_type,
@@ -152,8 +159,6 @@ def train_bpe(
             bos_id=-1,
             eos_id=-1,
             normalization_rule_name="identity",
-            input_sentence_size=max(0, max_sentences),
-            shuffle_input_sentence=True,
             num_threads=max(1, num_threads),
             minloglevel=2,
         )
@@ -162,7 +167,30 @@ def train_bpe(
             f"sentencepiece could not train a {vocab_size}-piece {model_type} model on {text_file}: {e}. "
             "Lower tokenizer.vocab_size in conf/lang.yaml (small corpora support only a few hundred pieces)."
         ) from None
+    finally:
+        if sample is not None:
+            sample.unlink(missing_ok=True)
     return Tokenizer.load(out_dir)
+
+
+def _sample_lines(text_file: Path, out: Path, max_lines: int, seed: int) -> Path | None:
+    """Write a seeded uniform sample of ``max_lines`` lines of ``text_file`` (in file order) to ``out``;
+    None (use the whole file) when ``max_lines`` is 0 or the file has no more lines than that."""
+    if max_lines <= 0:
+        return None
+    rng = random.Random(seed)
+    kept: list[tuple[int, str]] = []
+    n = 0
+    with open(text_file, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):  # reservoir sampling (Algorithm R): memory of max_lines lines
+            if len(kept) < max_lines:
+                kept.append((n, line))
+            elif (j := rng.randrange(n)) < max_lines:
+                kept[j] = (n, line)
+    if n <= max_lines:
+        return None
+    out.write_text("".join(line for _, line in sorted(kept)), encoding="utf-8")
+    return out
 
 
 def build_char_tokenizer(texts: Iterable[str]) -> Tokenizer:
@@ -174,9 +202,7 @@ def build_char_tokenizer(texts: Iterable[str]) -> Tokenizer:
 def write_lang_files(lang_dir: Path, tok: Tokenizer, words: Counter[str] | Iterable[str]) -> None:
     """``tokens.txt``, ``words.txt`` (``<eps>`` 0, ``<UNK>``, words, ``#0 <s> </s>``) and ``lexicon.txt``."""
     lang_dir.mkdir(parents=True, exist_ok=True)
-    (lang_dir / "tokens.txt").write_text(
-        "".join(f"{p} {i}\n" for i, p in enumerate(tok.pieces)), encoding="utf-8"
-    )
+    (lang_dir / "tokens.txt").write_text("".join(f"{p} {i}\n" for i, p in enumerate(tok.pieces)), encoding="utf-8")
     vocab = sorted(set(words) - {UNK_WORD, "<eps>", "#0", "<s>", "</s>"})
     table = ["<eps>", UNK_WORD, *vocab, "#0", "<s>", "</s>"]
     (lang_dir / "words.txt").write_text("".join(f"{w} {i}\n" for i, w in enumerate(table)), encoding="utf-8")
@@ -199,7 +225,7 @@ def _read_tokens_txt(path: Path) -> list[str]:
     return pieces
 
 
-def read_token_inventory(directory: str | Path | None) -> Optional[list[str]]:
+def read_token_inventory(directory: str | Path | None) -> list[str] | None:
     """The output units a lang dir or model dir carries: its ``tokens.txt`` symbols in id order (else its
     ``bpe.model`` pieces). None when it carries no tokens (a plain HF checkpoint, an older model dir, a
     fairseq ``.pt`` file, or no directory at all)."""
@@ -229,8 +255,15 @@ def copy_token_files(lang_dir: str | Path, model_dir: str | Path) -> list[str]:
     return names
 
 
-def check_same_tokens(a_dir: str | Path | None, a_label: str, b_dir: str | Path | None, b_label: str, *,
-                      a_size: Optional[int] = None, b_size: Optional[int] = None) -> None:
+def check_same_tokens(
+    a_dir: str | Path | None,
+    a_label: str,
+    b_dir: str | Path | None,
+    b_label: str,
+    *,
+    a_size: int | None = None,
+    b_size: int | None = None,
+) -> None:
     """Refuse to pair ``a`` and ``b`` (e.g. a model and a lang dir) unless they have the same output units.
 
     When both directories carry tokens (:func:`read_token_inventory`) the inventories must be equal; when
@@ -255,7 +288,8 @@ def check_same_tokens(a_dir: str | Path | None, a_label: str, b_dir: str | Path 
 
         raise TokenMismatchError(
             f"{a_label} '{a_dir}' ({na} tokens) and {b_label} '{b_dir}' ({nb} tokens) have different tokens: "
-            f"id {i} is {sym(ta)} in the {a_label} but {sym(tb)} in the {b_label}")
+            f"id {i} is {sym(ta)} in the {a_label} but {sym(tb)} in the {b_label}"
+        )
     if na is not None and nb is not None and na != nb:
         unit_a = "tokens" if ta is not None else "outputs"
         unit_b = "tokens" if tb is not None else "outputs"

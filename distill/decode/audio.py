@@ -5,14 +5,17 @@
 audio is read with soundfile, down-mixed by averaging the channels and resampled to 16 kHz with
 :func:`distill.data.audio.resample` (Kaiser-windowed sinc; no scipy/torchaudio needed).
 """
+
 from __future__ import annotations
 
 import io
 import math
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import numpy as np
+import soundfile as sf
 
 from distill.data.audio import path_problem, resample
 from distill.data.pipe import DEFAULT_PIPE_TIMEOUT, PipeError, run_pipe
@@ -54,7 +57,6 @@ class AudioFile:
     in memory. Use as a context manager (or :meth:`close`)."""
 
     def __init__(self, source: str, allow_pipe: bool = False, timeout: float = DEFAULT_PIPE_TIMEOUT) -> None:
-        import soundfile as sf
 
         s = source.strip() if allow_pipe else source
         if allow_pipe and s.endswith("|"):
@@ -87,7 +89,7 @@ class AudioFile:
     def close(self) -> None:
         self._snd.close()
 
-    def __enter__(self) -> "AudioFile":
+    def __enter__(self) -> AudioFile:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -95,7 +97,6 @@ class AudioFile:
 
     def _native(self, start: int, n: int) -> np.ndarray:
         """Mono float32 samples [start, start+n) at the file's own rate (fewer at the end)."""
-        import soundfile as sf
 
         try:
             self._snd.seek(start)
@@ -162,7 +163,7 @@ def read_wav_scp(path: str | Path) -> list[tuple[str, str]]:
     return out
 
 
-def read_wav_list(paths: list[str], list_file: Optional[str | Path] = None) -> list[tuple[str, str]]:
+def read_wav_list(paths: list[str], list_file: str | Path | None = None) -> list[tuple[str, str]]:
     """``(utt_id, path)`` for audio paths given directly and/or in a list file (one path a line);
     the id is the file name without its extension, whitespace replaced by ``_`` (Kaldi ids have none).
     Two files with the same id raise AudioError."""

@@ -10,16 +10,26 @@ held-out sentences from the same chain with random durations and confusions (pea
 Reports graph sizes and build times, and the real-time factor of greedy and WFST decoding on one CPU
 thread, as process CPU time / audio duration (wall time is printed too; it is inflated on a busy machine).
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
+import torch
+
+from distill.data.tokenizer import train_bpe, write_lang_files
+from distill.decode.graph import GraphInfo, build_hlg, build_token_graph, read_lexicon, read_symbol_table, save_graph
+from distill.decode.greedy import ctc_greedy
+from distill.decode.wfst import WfstDecoder, WfstOptions
+from distill.graph.den import train_token_lm
+from distill.graph.ngram import estimate_ngram
+from distill.scoring import wer
 
 
 def _corpus(rng: np.random.Generator, n_words: int, n_sent: int) -> tuple[list[str], list[list[str]]]:
@@ -39,7 +49,11 @@ def _corpus(rng: np.random.Generator, n_words: int, n_sent: int) -> tuple[list[s
         w = int(rng.choice(n_words, p=zipf / zipf.sum()))
         s = [vocab[w]]
         for _ in range(int(rng.integers(4, 20))):
-            w = int(succ[w, rng.integers(0, 20)]) if rng.random() < 0.8 else int(rng.choice(n_words, p=zipf / zipf.sum()))
+            w = (
+                int(succ[w, rng.integers(0, 20)])
+                if rng.random() < 0.8
+                else int(rng.choice(n_words, p=zipf / zipf.sum()))
+            )
             s.append(vocab[w])
         sents.append(s)
     return vocab, sents
@@ -54,7 +68,7 @@ def _posteriors(rng: np.random.Generator, ids: list[int], v: int, frames: int) -
     start = 0
     for k, end in enumerate(bounds):
         end = max(end, start + (1 if k % 2 else 0))
-        labels[start:min(end, frames)] = ids[k // 2] if k % 2 else 0
+        labels[start : min(end, frames)] = ids[k // 2] if k % 2 else 0
         start = min(end, frames)
     logits = rng.standard_normal((frames, v)) * 1.5
     peak = rng.uniform(0.5, 0.95, size=frames)
@@ -65,18 +79,18 @@ def _posteriors(rng: np.random.Generator, ids: list[int], v: int, frames: int) -
     return np.log(probs).astype(np.float32)
 
 
-def run(vocab_size: int = 500, n_sent: int = 3000, n_words: int = 3000, n_utts: int = 20, seconds: float = 10.0,
-        lm_order: int = 3, beam: float = 16.0, max_active: int = 7000, seed: int = 0,
-        work_dir: Optional[Path] = None) -> dict:
-    import torch
-
-    from distill.data.tokenizer import train_bpe, write_lang_files
-    from distill.decode.graph import GraphInfo, build_hlg, build_token_graph, read_lexicon, read_symbol_table, save_graph
-    from distill.decode.greedy import ctc_greedy
-    from distill.decode.wfst import WfstDecoder, WfstOptions
-    from distill.graph.den import train_token_lm
-    from distill.graph.ngram import estimate_ngram
-
+def run(
+    vocab_size: int = 500,
+    n_sent: int = 3000,
+    n_words: int = 3000,
+    n_utts: int = 20,
+    seconds: float = 10.0,
+    lm_order: int = 3,
+    beam: float = 16.0,
+    max_active: int = 7000,
+    seed: int = 0,
+    work_dir: Path | None = None,
+) -> dict:
     torch.set_num_threads(1)
     rng = np.random.default_rng(seed)
     tmp = tempfile.TemporaryDirectory() if work_dir is None else None
@@ -88,8 +102,16 @@ def run(vocab_size: int = 500, n_sent: int = 3000, n_words: int = 3000, n_utts: 
     tok = train_bpe(wd / "text.txt", wd / "lang", vocab_size)
     used = {w for s in train for w in s}
     write_lang_files(wd / "lang", tok, used)
-    res: dict = {"vocab_size": tok.vocab_size, "sentences": n_sent, "words": len(used), "lm_order": lm_order,
-                 "utts": n_utts, "seconds_per_utt": seconds, "beam": beam, "max_active": max_active}
+    res: dict = {
+        "vocab_size": tok.vocab_size,
+        "sentences": n_sent,
+        "words": len(used),
+        "lm_order": lm_order,
+        "utts": n_utts,
+        "seconds_per_utt": seconds,
+        "beam": beam,
+        "max_active": max_active,
+    }
     train_token_lm([tok.encode(" ".join(s)) for s in train], tok.pieces, 2).write_arpa(wd / "P.arpa")
     table = read_symbol_table(wd / "lang" / "words.txt")
     lm_vocab = [w for w in table if w not in ("<eps>", "#0", "<s>", "</s>")]
@@ -100,11 +122,13 @@ def run(vocab_size: int = 500, n_sent: int = 3000, n_words: int = 3000, n_utts: 
     info = save_graph(hp, wd / "HP.fst", GraphInfo(kind="token", num_tokens=tok.vocab_size))
     res["hp_states"], res["hp_arcs"] = info.num_states, info.num_arcs
     t0 = time.perf_counter()
-    hlg = build_hlg(tok.pieces, table, read_lexicon(wd / "lang" / "lexicon.txt"), wd / "G.arpa",
-                    wd / "lang" / "words.txt")
+    hlg = build_hlg(
+        tok.pieces, table, read_lexicon(wd / "lang" / "lexicon.txt"), wd / "G.arpa", wd / "lang" / "words.txt"
+    )
     res["hlg_build_s"] = time.perf_counter() - t0
-    info = save_graph(hlg, wd / "HLG.fst", GraphInfo(kind="word", num_tokens=tok.vocab_size,
-                                                      words=str(wd / "lang" / "words.txt")))
+    info = save_graph(
+        hlg, wd / "HLG.fst", GraphInfo(kind="word", num_tokens=tok.vocab_size, words=str(wd / "lang" / "words.txt"))
+    )
     res["hlg_states"], res["hlg_arcs"] = info.num_states, info.num_arcs
     res["hlg_mb"] = (wd / "HLG.fst").stat().st_size / 2**20
 
@@ -124,24 +148,20 @@ def run(vocab_size: int = 500, n_sent: int = 3000, n_words: int = 3000, n_utts: 
     opts = WfstOptions(beam=beam, max_active=max_active)
     for name in ("hp", "hlg"):
         dec = WfstDecoder(wd / f"{name.upper()}.fst", opts)
-        c, w, out = timed(lambda: [dec.decode(m) for m in mats])
+        c, w, out = timed(lambda dec=dec: [dec.decode(m) for m in mats])
         res[f"{name}_rtf_cpu"], res[f"{name}_rtf_wall"] = c / audio, w / audio
         if name == "hlg":
             hyps = [dec.symbols_to_words(r.symbols) for r in out]  # type: ignore[union-attr]
-            from distill.scoring import wer
-
             refs = {str(i): " ".join(s) for i, s in enumerate(test)}
             res["hlg_wer_vs_spelled"] = wer(refs, {str(i): " ".join(h) for i, h in enumerate(hyps)})["wer"]
     greedy_text = {str(i): tok.decode(h) for i, h in enumerate(ctc_greedy(batch))}
-    from distill.scoring import wer
-
     res["greedy_wer_vs_spelled"] = wer({str(i): " ".join(s) for i, s in enumerate(test)}, greedy_text)["wer"]
     if tmp:
         tmp.cleanup()
     return res
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m distill.decode.benchmark", description=__doc__.split("\n\n")[0])
     ap.add_argument("--vocab", type=int, default=500)
     ap.add_argument("--sentences", type=int, default=3000)
@@ -153,8 +173,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--max-active", type=int, default=7000)
     ap.add_argument("--work-dir")
     args = ap.parse_args(argv)
-    res = run(args.vocab, args.sentences, args.words, args.utts, args.seconds, args.lm_order, args.beam,
-              args.max_active, work_dir=Path(args.work_dir) if args.work_dir else None)
+    res = run(
+        args.vocab,
+        args.sentences,
+        args.words,
+        args.utts,
+        args.seconds,
+        args.lm_order,
+        args.beam,
+        args.max_active,
+        work_dir=Path(args.work_dir) if args.work_dir else None,
+    )
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()}, indent=2))
     return 0
 

@@ -17,6 +17,7 @@ Every graph file ``X.fst`` gets a sidecar ``X.fst.json`` (:class:`GraphInfo`) re
 number of tokens it was built for and the word table, so that a decoder can refuse scores of the wrong
 width with a clear message.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,17 +25,33 @@ import json
 import logging
 import tempfile
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Literal, Optional, Sequence
+from typing import Any, Literal
+
+import kaldifst
 
 from distill.graph.ngram import arpa_to_fst as ngram_arpa_to_fst
+from distill.graph.topo import ctc_topo_fst
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "GraphInfo", "GraphError", "read_symbol_table", "write_symbol_table", "read_lexicon", "add_disambig",
-    "ctc_topo_with_disambig", "lexicon_fst", "arpa_to_fst", "build_token_graph", "build_hlg",
-    "arpa_unigrams", "save_graph", "load_graph", "graph_max_ilabel",
+    "GraphInfo",
+    "GraphError",
+    "read_symbol_table",
+    "write_symbol_table",
+    "read_lexicon",
+    "add_disambig",
+    "ctc_topo_with_disambig",
+    "lexicon_fst",
+    "arpa_to_fst",
+    "build_token_graph",
+    "build_hlg",
+    "arpa_unigrams",
+    "save_graph",
+    "load_graph",
+    "graph_max_ilabel",
 ]
 
 WORD_SPECIALS = ("<eps>", "#0", "<s>", "</s>")
@@ -50,10 +67,10 @@ class GraphInfo:
 
     kind: Literal["token", "word"]
     num_tokens: int
-    words: Optional[str] = None  # words.txt for word graphs (absolute, or relative to the graph file)
+    words: str | None = None  # words.txt for word graphs (absolute, or relative to the graph file)
     num_states: int = 0
     num_arcs: int = 0
-    lm: Optional[str] = None
+    lm: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
@@ -163,10 +180,6 @@ def arpa_unigrams(path: str | Path) -> list[str]:
 def ctc_topo_with_disambig(num_tokens: int, disambig_ids: Sequence[int] = ()) -> Any:
     """H: :func:`distill.graph.topo.ctc_topo_fst` plus an ``#k:#k`` self-loop on every state for each
     disambiguation label in ``disambig_ids`` (FST labels), so they pass through H o LG."""
-    import kaldifst
-
-    from distill.graph.topo import ctc_topo_fst
-
     h = ctc_topo_fst(num_tokens)
     for s in range(h.num_states):
         for d in disambig_ids:
@@ -175,13 +188,12 @@ def ctc_topo_with_disambig(num_tokens: int, disambig_ids: Sequence[int] = ()) ->
     return h
 
 
-def lexicon_fst(lexicon: Sequence[tuple[str, Sequence[str]]], token_ids: dict[str, int],
-                word_ids: dict[str, int]) -> Any:
+def lexicon_fst(
+    lexicon: Sequence[tuple[str, Sequence[str]]], token_ids: dict[str, int], word_ids: dict[str, int]
+) -> Any:
     """L: a single loop state; each word is a chain of its (FST) token labels, the word on the first
     arc. ``token_ids``/``word_ids`` map symbols to FST labels (``#0`` must be in both: it gets the
     ``#0:#0`` self-loop that lets G's back-off arcs through)."""
-    import kaldifst
-
     fst = kaldifst.StdVectorFst()
     loop = fst.add_state()
     fst.start = loop
@@ -201,7 +213,7 @@ def lexicon_fst(lexicon: Sequence[tuple[str, Sequence[str]]], token_ids: dict[st
     return fst
 
 
-def arpa_to_fst(arpa: str | Path, symbol_table: str | Path, max_order: Optional[int] = None) -> Any:
+def arpa_to_fst(arpa: str | Path, symbol_table: str | Path, max_order: int | None = None) -> Any:
     """G from an ARPA file (:func:`distill.graph.ngram.arpa_to_fst`, kaldilm in a child process)."""
     try:
         return ngram_arpa_to_fst(arpa, symbol_table, max_order)
@@ -211,8 +223,6 @@ def arpa_to_fst(arpa: str | Path, symbol_table: str | Path, max_order: Optional[
 
 def _remove_ilabels(fst: Any, lo: int, hi: int) -> int:
     """Replace input labels in [lo, hi] by epsilon; returns how many arcs changed."""
-    import kaldifst
-
     n = 0
     for s in kaldifst.StateIterator(fst):
         for arc in kaldifst.ArcIterator(fst, s):
@@ -222,13 +232,9 @@ def _remove_ilabels(fst: Any, lo: int, hi: int) -> int:
     return n
 
 
-def build_token_graph(tokens: Sequence[str], p_arpa: str | Path, max_order: Optional[int] = None) -> Any:
+def build_token_graph(tokens: Sequence[str], p_arpa: str | Path, max_order: int | None = None) -> Any:
     """H o P over ``tokens`` (index = token id, 0 = blank), P read from ``p_arpa`` by kaldilm (token k
     has label k + 1, the back-off label ``#0`` becomes epsilon)."""
-    import kaldifst
-
-    from distill.graph.topo import ctc_topo_fst
-
     v = len(tokens)
     reserved = {"<eps>", "#0", "<s>", "</s>"} & set(tokens)
     if reserved:
@@ -249,12 +255,16 @@ def build_token_graph(tokens: Sequence[str], p_arpa: str | Path, max_order: Opti
     return hp
 
 
-def build_hlg(tokens: Sequence[str], words: dict[str, int], lexicon: Sequence[tuple[str, Sequence[str]]],
-              g_arpa: str | Path, words_file: str | Path, max_order: Optional[int] = None) -> Any:
+def build_hlg(
+    tokens: Sequence[str],
+    words: dict[str, int],
+    lexicon: Sequence[tuple[str, Sequence[str]]],
+    g_arpa: str | Path,
+    words_file: str | Path,
+    max_order: int | None = None,
+) -> Any:
     """HLG (see the module docstring). ``words`` is the word table written to ``words_file`` (needed
     by kaldilm); every lexicon word must be in it, and it must contain ``#0``."""
-    import kaldifst
-
     for s in ("<eps>", "#0"):
         if s not in words:
             raise GraphError(f"the word table {words_file} has no {s!r}")
@@ -295,8 +305,6 @@ def build_hlg(tokens: Sequence[str], words: dict[str, int], lexicon: Sequence[tu
 # ---------------------------------------------------------------------------------------------------
 def graph_max_ilabel(fst: Any) -> int:
     """Largest input label of ``fst`` (a full scan of the arcs)."""
-    import kaldifst
-
     m = 0
     for s in kaldifst.StateIterator(fst):
         for arc in kaldifst.ArcIterator(fst, s):
@@ -322,8 +330,6 @@ def save_graph(fst: Any, path: str | Path, info: GraphInfo) -> GraphInfo:
 def load_graph(path: str | Path) -> tuple[Any, GraphInfo]:
     """Read a graph file and its sidecar. Without a sidecar the graph is scanned: kind ``token`` is
     assumed and the token count is its largest input label."""
-    import kaldifst
-
     p = Path(path)
     if not p.is_file():
         raise GraphError(f"decoding graph '{p}' does not exist")
@@ -345,7 +351,7 @@ def load_graph(path: str | Path) -> tuple[Any, GraphInfo]:
     return fst, info
 
 
-def resolve_words(graph_path: str | Path, info: GraphInfo) -> Optional[Path]:
+def resolve_words(graph_path: str | Path, info: GraphInfo) -> Path | None:
     """The word table of a word graph: the sidecar's path (relative to the graph) or ``words.txt``
     next to the graph."""
     if info.kind != "word":

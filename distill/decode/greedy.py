@@ -4,9 +4,10 @@ Batched over ``scores [B, T, V]`` with per-utterance ``lengths``; :class:`Greedy
 incrementally, chunk by chunk, and gives exactly the non-streaming result on the concatenated scores
 (a repeat spanning a chunk boundary is collapsed because the last label of the previous chunk is kept).
 """
+
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -16,7 +17,7 @@ __all__ = ["collapse", "ctc_greedy", "GreedyStream"]
 BLANK = 0
 
 
-def collapse(frame_labels: Sequence[int], blank: int = BLANK, prev: Optional[int] = None) -> list[int]:
+def collapse(frame_labels: Sequence[int], blank: int = BLANK, prev: int | None = None) -> list[int]:
     """CTC collapse of one frame-label sequence: merge repeats, then drop blanks.
 
     ``prev`` is the label of the frame just before the sequence (for chunked input), None at the start.
@@ -29,7 +30,7 @@ def collapse(frame_labels: Sequence[int], blank: int = BLANK, prev: Optional[int
     return out
 
 
-def _check(scores: Tensor, lengths: Optional[Tensor]) -> Tensor:
+def _check(scores: Tensor, lengths: Tensor | None) -> Tensor:
     if scores.dim() != 3:
         raise ValueError(f"expected scores [B, T, V], got shape {tuple(scores.shape)}")
     b, t, _ = scores.shape
@@ -43,7 +44,7 @@ def _check(scores: Tensor, lengths: Optional[Tensor]) -> Tensor:
     return lengths
 
 
-def ctc_greedy(scores: Tensor, lengths: Optional[Tensor] = None, blank: int = BLANK) -> list[list[int]]:
+def ctc_greedy(scores: Tensor, lengths: Tensor | None = None, blank: int = BLANK) -> list[list[int]]:
     """Token-id sequences of a batch: argmax per frame over the first ``lengths[b]`` frames, collapsed.
 
     ``scores`` may be log-posteriors or logits (argmax is the same). Ties go to the lowest id.
@@ -68,7 +69,7 @@ class GreedyStream:
         self.tokens: list[int] = []
         self.token_frames: list[int] = []  # frame index at which each token was emitted
         self.frames = 0
-        self._prev: Optional[int] = None
+        self._prev: int | None = None
 
     def accept(self, scores: Tensor) -> list[int]:
         """Decode a chunk of scores [n, V]; returns the tokens it added."""

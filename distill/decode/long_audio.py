@@ -22,16 +22,29 @@ the stitched frame scores are decoded as one utterance, with the same best path 
   where a whole-file decode would have used context beyond the window. Models that normalise over the
   whole input (group-norm CNN, ``wave_norm: utterance``) normalise each window on its own.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Protocol
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, Protocol
 
 import numpy as np
 
-__all__ = ["LongAudioOptions", "SampleSource", "plan_windows", "windowed_scores", "streamed_scores",
-           "bounded_left_chunks", "decode_pieces"]
+from distill.models.config import conv_output_length
+
+from .greedy import GreedyStream
+
+__all__ = [
+    "LongAudioOptions",
+    "SampleSource",
+    "plan_windows",
+    "windowed_scores",
+    "streamed_scores",
+    "bounded_left_chunks",
+    "decode_pieces",
+]
 
 SAMPLE_RATE = 16000
 
@@ -50,8 +63,10 @@ class LongAudioOptions:
             if not getattr(self, key) > 0:
                 raise ValueError(f"{key} must be > 0, got {getattr(self, key)}")
         if not 0 <= self.overlap_seconds < self.window_seconds:
-            raise ValueError(f"the window overlap ({self.overlap_seconds:g} s) must be >= 0 and shorter than the "
-                             f"window ({self.window_seconds:g} s)")
+            raise ValueError(
+                f"the window overlap ({self.overlap_seconds:g} s) must be >= 0 and shorter than the "
+                f"window ({self.window_seconds:g} s)"
+            )
 
     def is_long(self, num_samples: int) -> bool:
         return num_samples > self.max_whole_seconds * SAMPLE_RATE
@@ -71,8 +86,10 @@ def plan_windows(num_frames: int, window: int, context: int, align: int = 1) -> 
     from its ends except at the recording's ends; the kept ranges tile [0, num_frames). Window starts are
     multiples of ``align`` (a chunk-masked model's chunk, so that its chunks stay on the global grid)."""
     if window <= 2 * context + align - 1:
-        raise ValueError(f"a window of {window} frames leaves nothing to keep with {context} frames of context "
-                         f"on each side (alignment {align})")
+        raise ValueError(
+            f"a window of {window} frames leaves nothing to keep with {context} frames of context "
+            f"on each side (alignment {align})"
+        )
     out: list[tuple[int, int, int, int]] = []
     keep = 0
     while keep < num_frames:
@@ -88,11 +105,11 @@ def plan_windows(num_frames: int, window: int, context: int, align: int = 1) -> 
     return out
 
 
-def windowed_scores(source: SampleSource, forward: Callable[[np.ndarray], Any], cfg: Any,
-                    opts: LongAudioOptions, align: int = 1) -> Iterator[Any]:
+def windowed_scores(
+    source: SampleSource, forward: Callable[[np.ndarray], Any], cfg: Any, opts: LongAudioOptions, align: int = 1
+) -> Iterator[Any]:
     """Scores [n, V] of an offline model (config ``cfg``) over ``source`` window by window (see the module
     docstring). ``forward(samples)`` returns one window's scores [T, V] (T = its frames)."""
-    from distill.models.config import conv_output_length
 
     frame_shift, receptive_field = cfg.frame_shift, cfg.receptive_field
     total = int(conv_output_length(source.num_samples, cfg))
@@ -105,7 +122,7 @@ def windowed_scores(source: SampleSource, forward: Callable[[np.ndarray], Any], 
         got = start + int(scores.shape[0])
         if got < k1:  # the source ended early (a header promising more samples than the file holds)
             if got > k0:
-                yield scores[k0 - start:]
+                yield scores[k0 - start :]
             return
         yield scores[k0 - start : k1 - start]
 
@@ -123,8 +140,7 @@ def streamed_scores(recognizer: Any, source: SampleSource, opts: LongAudioOption
     yield recognizer.finalize()
 
 
-def bounded_left_chunks(left_chunks: Optional[int], chunk_frames: int, frame_shift: int,
-                        opts: LongAudioOptions) -> int:
+def bounded_left_chunks(left_chunks: int | None, chunk_frames: int, frame_shift: int, opts: LongAudioOptions) -> int:
     """The left context (chunks) for streaming a long recording: the model's own when bounded, else the
     chunks that make up ``max_whole_seconds`` (at least one)."""
     if left_chunks is not None:
@@ -136,7 +152,6 @@ def bounded_left_chunks(left_chunks: Optional[int], chunk_frames: int, frame_shi
 def decode_pieces(pieces: Iterable[Any], decoders: Mapping[str, Any]) -> dict[str, list[int]]:
     """Decode a stream of score pieces [n, V] with each decoder (``"greedy"`` or a
     :class:`~distill.decode.wfst.WfstDecoder`) as one utterance; returns each one's output symbols."""
-    from .greedy import GreedyStream
 
     streams = {k: GreedyStream() if isinstance(d, str) else d.stream() for k, d in decoders.items()}
     for piece in pieces:

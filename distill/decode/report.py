@@ -7,20 +7,30 @@ Input is a list of per-model result dicts::
 
 ``latency_ms`` is the algorithmic latency (chunk duration) of a streaming model, None for full-context
 models; ``rtf`` is measured on one CPU thread. Models named in ``expected`` without a result get a
-"not trained" row (a model without a WER on some test set: "not evaluated" there). The relative WER degradation is ``(WER - WER_teacher) / WER_teacher``.
+"not trained" row (a model without a WER on some test set: "not evaluated" there). The relative WER
+degradation is ``(WER - WER_teacher) / WER_teacher``.
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PAPER", "write_results", "results_markdown", "plot_wer_vs_latency", "plot_wer_vs_size",
-           "plot_training_curves", "read_train_log"]
+__all__ = [
+    "PAPER",
+    "write_results",
+    "results_markdown",
+    "plot_wer_vs_latency",
+    "plot_wer_vs_size",
+    "plot_training_curves",
+    "read_train_log",
+]
 
 PAPER = {
     "speedup": 8.0,
@@ -45,14 +55,20 @@ def _check(models: Sequence[Mapping[str, Any]]) -> list[dict]:
         wer = m.get("wer") or {}
         if not isinstance(wer, Mapping):
             raise ValueError(f"model '{m['name']}': 'wer' must map test sets to WER values")
-        row = {"name": m["name"], "params": m.get("params"), "size_mb": m.get("size_mb"), "rtf": m.get("rtf"),
-               "latency_ms": m.get("latency_ms"), "wer": {k: float(v) for k, v in wer.items()}}
+        row = {
+            "name": m["name"],
+            "params": m.get("params"),
+            "size_mb": m.get("size_mb"),
+            "rtf": m.get("rtf"),
+            "latency_ms": m.get("latency_ms"),
+            "wer": {k: float(v) for k, v in wer.items()},
+        }
         row.update({k: v for k, v in m.items() if k not in row})  # extra fields go to results.json as given
         out.append(row)
     return out
 
 
-def _not_trained(m: Optional[Mapping[str, Any]]) -> bool:
+def _not_trained(m: Mapping[str, Any] | None) -> bool:
     return m is None or m.get("status") == "not trained"
 
 
@@ -62,19 +78,24 @@ def _fmt(v: Any, spec: str, missing: str = "-") -> str:
     return format(v, spec)
 
 
-def _size(mb: Optional[float]) -> str:
+def _size(mb: float | None) -> str:
     """MB with one decimal; three below 1 MB (tiny test models would all read 0.0)."""
     return _fmt(mb, ".1f" if mb is None or mb >= 1 else ".3f")
 
 
-def _params(n: Optional[float]) -> str:
+def _params(n: float | None) -> str:
     if n is None:
         return "-"
     return f"{n / 1e6:.1f} M" if n >= 1e5 else f"{int(n):,}"
 
 
-def results_markdown(models: Sequence[Mapping[str, Any]], teacher: Optional[str] = None,
-                     expected: Sequence[str] = (), title: str = "Results", appendix: str = "") -> str:
+def results_markdown(
+    models: Sequence[Mapping[str, Any]],
+    teacher: str | None = None,
+    expected: Sequence[str] = (),
+    title: str = "Results",
+    appendix: str = "",
+) -> str:
     """The RESULTS.md text (see the module docstring); ``appendix`` (Markdown) is added at the end.
 
     A result with ``"status": "not trained"`` gets a "not trained" row, like a name of ``expected``
@@ -86,15 +107,22 @@ def results_markdown(models: Sequence[Mapping[str, Any]], teacher: Optional[str]
     t = by_name.get(teacher) if teacher else None
     test_sets = sorted({k for m in ms for k in m["wer"]})
     lines = [f"# {title}", ""]
-    lines += ["RTF: compute time / audio duration on 1 CPU thread (see the set-up notes, if any). Algorithmic latency: the chunk "
-              "duration of a streaming model (full context: -). Relative WER degradation: "
-              f"(WER - WER of `{teacher}`) / WER of `{teacher}`.", ""]
+    lines += [
+        "RTF: compute time / audio duration on 1 CPU thread (see the set-up notes, if any). "
+        "Algorithmic latency: the chunk duration of a streaming model (full context: -). Relative WER degradation: "
+        f"(WER - WER of `{teacher}`) / WER of `{teacher}`.",
+        "",
+    ]
     if not test_sets:
         lines += ["No WER results yet.", ""]
     for ts in test_sets:
-        lines += [f"## {ts}", "",
-                  "| model | params | size MB | RTF (1 CPU thread) | algorithmic latency | WER | rel. WER degradation vs teacher |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [
+            f"## {ts}",
+            "",
+            "| model | params | size MB | RTF (1 CPU thread) | algorithmic latency | WER "
+            "| rel. WER degradation vs teacher |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
         tw = t["wer"].get(ts) if t else None
         for name in order:
             m = by_name.get(name)
@@ -109,25 +137,36 @@ def results_markdown(models: Sequence[Mapping[str, Any]], teacher: Optional[str]
             else:
                 rel = "-"
             lat = "-" if m["latency_ms"] is None else f"{m['latency_ms']:g} ms"
-            lines.append(f"| {name} | {_params(m['params'])} | {_size(m['size_mb'])} | {_fmt(m['rtf'], '.4f')} "
-                         f"| {lat} | {w:.2f} | {rel} |")
+            lines.append(
+                f"| {name} | {_params(m['params'])} | {_size(m['size_mb'])} | {_fmt(m['rtf'], '.4f')} "
+                f"| {lat} | {w:.2f} | {rel} |"
+            )
         lines.append("")
-    lines += ["## Compared with the paper", "",
-              f"DistillW2V2 reports its final streaming student **{PAPER['speedup']:g}x faster** and "
-              f"**{PAPER['size_reduction']:g}x smaller** than the teacher, with **{PAPER['rel_wer_degradation_pct'][0]:g}"
-              f"–{PAPER['rel_wer_degradation_pct'][1]:g}% relative WER degradation at {PAPER['latency_ms']} ms** "
-              f"latency ({PAPER['source']}).", ""]
+    lines += [
+        "## Compared with the paper",
+        "",
+        f"DistillW2V2 reports its final streaming student **{PAPER['speedup']:g}x faster** and "
+        f"**{PAPER['size_reduction']:g}x smaller** than the teacher, with **{PAPER['rel_wer_degradation_pct'][0]:g}"
+        f"–{PAPER['rel_wer_degradation_pct'][1]:g}% relative WER degradation at {PAPER['latency_ms']} ms** "
+        f"latency ({PAPER['source']}).",
+        "",
+    ]
     if t is not None:
-        lines += ["| model | speed-up vs teacher (RTF) | size reduction vs teacher | rel. WER degradation (per test set) |",
-                  "| --- | ---: | ---: | --- |"]
+        lines += [
+            "| model | speed-up vs teacher (RTF) | size reduction vs teacher | rel. WER degradation (per test set) |",
+            "| --- | ---: | ---: | --- |",
+        ]
         for name in order:
             m = by_name.get(name)
             if _not_trained(m) or name == teacher:
                 continue
             sp = t["rtf"] / m["rtf"] if t.get("rtf") and m.get("rtf") else None
             sz = t["size_mb"] / m["size_mb"] if t.get("size_mb") and m.get("size_mb") else None
-            rels = [f"{ts} {100 * (m['wer'][ts] - t['wer'][ts]) / t['wer'][ts]:+.1f}%"
-                    for ts in test_sets if ts in m["wer"] and t["wer"].get(ts)]
+            rels = [
+                f"{ts} {100 * (m['wer'][ts] - t['wer'][ts]) / t['wer'][ts]:+.1f}%"
+                for ts in test_sets
+                if ts in m["wer"] and t["wer"].get(ts)
+            ]
             lines.append(f"| {name} | {_fmt(sp, '.1f')}x | {_fmt(sz, '.1f')}x | {', '.join(rels) or '-'} |")
         lines.append("")
     if appendix:
@@ -135,10 +174,16 @@ def results_markdown(models: Sequence[Mapping[str, Any]], teacher: Optional[str]
     return "\n".join(lines)
 
 
-def write_results(models: Sequence[Mapping[str, Any]], out_dir: str | Path, teacher: Optional[str] = None,
-                  expected: Sequence[str] = (), train_logs: Optional[Mapping[str, Any]] = None,
-                  title: str = "Results", appendix: str = "",
-                  curve_keys: Optional[Iterable[str]] = None) -> dict[str, Path]:
+def write_results(
+    models: Sequence[Mapping[str, Any]],
+    out_dir: str | Path,
+    teacher: str | None = None,
+    expected: Sequence[str] = (),
+    train_logs: Mapping[str, Any] | None = None,
+    title: str = "Results",
+    appendix: str = "",
+    curve_keys: Iterable[str] | None = None,
+) -> dict[str, Path]:
     """Write RESULTS.md, results.json and the plots to ``out_dir``; returns the written paths.
 
     results.json holds :data:`_FIELDS` of each model, then any extra fields of its result dict.
@@ -191,19 +236,25 @@ def _scatter(points: list[tuple[float, float, str]], xlabel: str, title: str, pa
     return path
 
 
-def plot_wer_vs_latency(models: Sequence[Mapping[str, Any]], test_set: str, path: str | Path) -> Optional[Path]:
+def plot_wer_vs_latency(models: Sequence[Mapping[str, Any]], test_set: str, path: str | Path) -> Path | None:
     """WER against algorithmic latency for the streaming models (None when there are none)."""
-    pts = sorted((float(m["latency_ms"]), float(m["wer"][test_set]), m["name"]) for m in _check(models)
-                 if m["latency_ms"] is not None and test_set in m["wer"])
+    pts = sorted(
+        (float(m["latency_ms"]), float(m["wer"][test_set]), m["name"])
+        for m in _check(models)
+        if m["latency_ms"] is not None and test_set in m["wer"]
+    )
     if not pts:
         return None
     return _scatter(pts, "algorithmic latency (ms)", f"WER vs latency ({test_set})", Path(path), line=True)
 
 
-def plot_wer_vs_size(models: Sequence[Mapping[str, Any]], test_set: str, path: str | Path) -> Optional[Path]:
+def plot_wer_vs_size(models: Sequence[Mapping[str, Any]], test_set: str, path: str | Path) -> Path | None:
     """WER against model size in MB (None when no model has both)."""
-    pts = sorted((float(m["size_mb"]), float(m["wer"][test_set]), m["name"]) for m in _check(models)
-                 if m["size_mb"] is not None and test_set in m["wer"])
+    pts = sorted(
+        (float(m["size_mb"]), float(m["wer"][test_set]), m["name"])
+        for m in _check(models)
+        if m["size_mb"] is not None and test_set in m["wer"]
+    )
     if not pts:
         return None
     return _scatter(pts, "model size (MB)", f"WER vs model size ({test_set})", Path(path), line=False)
@@ -233,8 +284,7 @@ def read_train_log(path: str | Path) -> list[dict]:
     return recs
 
 
-def plot_training_curves(logs: Mapping[str, Any], path: str | Path,
-                         keys: Optional[Iterable[str]] = None) -> Optional[Path]:
+def plot_training_curves(logs: Mapping[str, Any], path: str | Path, keys: Iterable[str] | None = None) -> Path | None:
     """One panel per metric (default: every numeric key but ``step``), one line per run.
 
     ``logs`` maps a run name to its ``train_log.jsonl`` path or to a list of records already read."""

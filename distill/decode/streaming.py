@@ -26,12 +26,14 @@ Latency definitions (seconds; see docs/decoding.md):
 The chunk duration is the algorithmic latency; the measured latencies add the compute time and the
 waiting for the chunk's remaining audio.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import statistics
 import time
-from typing import Any, Optional, Protocol, Sequence
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -64,12 +66,12 @@ class StreamResult:
         return [e - s for e, s in zip(self.emit_times, self.spoken_times)]
 
     @property
-    def first_token_latency(self) -> Optional[float]:
+    def first_token_latency(self) -> float | None:
         lat = self.latencies
         return lat[0] if lat else None
 
     @property
-    def last_token_latency(self) -> Optional[float]:
+    def last_token_latency(self) -> float | None:
         lat = self.latencies
         return lat[-1] if lat else None
 
@@ -100,7 +102,7 @@ def stream_decode(
     decoder: Any = "greedy",
     piece_ms: float = 40.0,
     sample_rate: int = 16000,
-    frame_timing: Optional[tuple[float, float]] = None,
+    frame_timing: tuple[float, float] | None = None,
 ) -> StreamResult:
     """Decode ``samples`` (1-D, 16 kHz) through ``recognizer`` piece by piece; see the module docstring.
 
@@ -181,12 +183,16 @@ def stream_decode(
 
 def summarize_latencies(results: Sequence[StreamResult]) -> dict[str, Any]:
     """Mean / median / 90th percentile of first-token, last-token and finalize latency (ms), and RTF."""
-    def stats(vals: list[float]) -> dict[str, Optional[float]]:
+
+    def stats(vals: list[float]) -> dict[str, float | None]:
         if not vals:
             return {"mean": None, "p50": None, "p90": None}
         s = sorted(vals)
-        return {"mean": 1000 * statistics.fmean(s), "p50": 1000 * s[len(s) // 2],
-                "p90": 1000 * s[min(len(s) - 1, int(0.9 * len(s)))]}
+        return {
+            "mean": 1000 * statistics.fmean(s),
+            "p50": 1000 * s[len(s) // 2],
+            "p90": 1000 * s[min(len(s) - 1, int(0.9 * len(s)))],
+        }
 
     first = [r.first_token_latency for r in results if r.first_token_latency is not None]
     last = [r.last_token_latency for r in results if r.last_token_latency is not None]

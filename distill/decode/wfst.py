@@ -6,9 +6,8 @@ new chunk, wrapped in a ``DecodableCtc`` whose ``offset`` is the number of frame
 
 Scores are multiplied by ``acoustic_scale`` before the search, as Kaldi's decodables do; the path cost
 the decoder minimises is ``graph_cost - acoustic_scale * sum_t score[t, label_t]``.
-
-This module does not import torch, so the worker processes start quickly.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,10 +15,12 @@ import logging
 import multiprocessing
 import os
 import tempfile
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
+import kaldi_decoder
 import numpy as np
 
 from .graph import GraphError, GraphInfo, graph_max_ilabel, load_graph, read_symbol_table, resolve_words
@@ -43,16 +44,18 @@ class WfstOptions:
         if not self.beam > 0:
             raise ValueError(f"beam must be > 0, got {self.beam}")
         if self.max_active < 2 or self.min_active < 0 or self.min_active > self.max_active:
-            raise ValueError(f"need 0 <= min_active <= max_active and max_active >= 2, got "
-                             f"min_active={self.min_active} max_active={self.max_active}")
+            raise ValueError(
+                f"need 0 <= min_active <= max_active and max_active >= 2, got "
+                f"min_active={self.min_active} max_active={self.max_active}"
+            )
         if not self.acoustic_scale > 0:
             raise ValueError(f"acoustic_scale must be > 0, got {self.acoustic_scale}")
 
     def kaldi(self) -> Any:
-        import kaldi_decoder
 
-        return kaldi_decoder.FasterDecoderOptions(beam=self.beam, max_active=self.max_active,
-                                                  min_active=self.min_active, beam_delta=self.beam_delta)
+        return kaldi_decoder.FasterDecoderOptions(
+            beam=self.beam, max_active=self.max_active, min_active=self.min_active, beam_delta=self.beam_delta
+        )
 
 
 @dataclasses.dataclass
@@ -153,12 +156,17 @@ class WfstDecoder:
     StdVectorFst file with input label = token + 1), or an in-memory kaldifst FST with ``info``.
     """
 
-    def __init__(self, graph: "str | Path | Any", opts: Optional[WfstOptions] = None,
-                 info: Optional[GraphInfo] = None, words: "str | Path | None" = None) -> None:
+    def __init__(
+        self,
+        graph: str | Path | Any,
+        opts: WfstOptions | None = None,
+        info: GraphInfo | None = None,
+        words: str | Path | None = None,
+    ) -> None:
         self.opts = opts or WfstOptions()
-        self._tmpdir: Optional[tempfile.TemporaryDirectory] = None
+        self._tmpdir: tempfile.TemporaryDirectory | None = None
         if isinstance(graph, (str, Path)):
-            self.path: Optional[Path] = Path(graph)
+            self.path: Path | None = Path(graph)
             self.fst, loaded = load_graph(graph)
             self.info = info or loaded
         else:
@@ -166,13 +174,13 @@ class WfstDecoder:
             self.fst = graph
             self.info = info or GraphInfo(kind="token", num_tokens=graph_max_ilabel(graph))
         self.olabel_offset = 1 if self.info.kind == "token" else 0
-        self.words: Optional[dict[int, str]] = None
+        self.words: dict[int, str] | None = None
         if self.info.kind == "word":
             wpath = Path(words) if words is not None else (resolve_words(self.path, self.info) if self.path else None)
             if wpath is None:
                 raise GraphError("a word graph needs its word table (words=...)")
             self.words = {i: w for w, i in read_symbol_table(wpath).items()}
-        self._pool: Optional[ProcessPoolExecutor] = None
+        self._pool: ProcessPoolExecutor | None = None
         self._pool_nj = 0
 
     # ------------------------------------------------------------------ checks and text
@@ -180,8 +188,10 @@ class WfstDecoder:
         """Raise ValueError when the scores' width does not match the graph's token count."""
         if num_tokens != self.info.num_tokens:
             src = str(self.path) if self.path else "the decoding graph"
-            raise ValueError(f"{where} have V={num_tokens} columns but {src} was built for "
-                             f"{self.info.num_tokens} tokens: use the graph of this model's lang dir")
+            raise ValueError(
+                f"{where} have V={num_tokens} columns but {src} was built for "
+                f"{self.info.num_tokens} tokens: use the graph of this model's lang dir"
+            )
 
     def symbols_to_words(self, symbols: Sequence[int]) -> list[str]:
         """Word strings of a word graph's output (raises for a token graph)."""
@@ -192,7 +202,6 @@ class WfstDecoder:
     # ------------------------------------------------------------------ decoding
     def decode(self, scores: Any) -> WfstResult:
         """Best path for one utterance's scores [T, V] (log-posteriors; numpy or torch)."""
-        import kaldi_decoder
 
         m = _as_matrix(scores, self.opts.acoustic_scale)
         self.check_vocab(m.shape[1])
@@ -202,17 +211,21 @@ class WfstDecoder:
         dec.decode(kaldi_decoder.DecodableCtc(m))
         return _result(dec, self.olabel_offset)
 
-    def decode_batch(self, scores: Any, lengths: Optional[Sequence[int]] = None, nj: int = 1) -> list[WfstResult]:
+    def decode_batch(self, scores: Any, lengths: Sequence[int] | None = None, nj: int = 1) -> list[WfstResult]:
         """Decode ``scores`` [B, T, V] (the first ``lengths[b]`` frames of each) with ``nj`` processes."""
         arr = scores.detach().cpu().numpy() if hasattr(scores, "detach") else np.asarray(scores)
         if arr.ndim != 3:
             raise ValueError(f"expected scores [B, T, V], got shape {arr.shape}")
         b, t, v = arr.shape
         self.check_vocab(v)
-        lens = [t] * b if lengths is None else [int(x) for x in (lengths.tolist() if hasattr(lengths, "tolist") else lengths)]
+        lens = (
+            [t] * b
+            if lengths is None
+            else [int(x) for x in (lengths.tolist() if hasattr(lengths, "tolist") else lengths)]
+        )
         if len(lens) != b or any(not 0 <= n <= t for n in lens):
             raise ValueError(f"lengths must be {b} values in [0, {t}], got {lens}")
-        mats = [np.ascontiguousarray(arr[i, :lens[i]], dtype=np.float32) for i in range(b)]
+        mats = [np.ascontiguousarray(arr[i, : lens[i]], dtype=np.float32) for i in range(b)]
         return self.decode_many(mats, nj)
 
     def decode_many(self, mats: Sequence[Any], nj: int = 1) -> list[WfstResult]:
@@ -222,8 +235,10 @@ class WfstDecoder:
         for m in mats:
             self.check_vocab(np.shape(m)[1])
         pool = self._get_pool(nj)
-        arrays = [np.ascontiguousarray(m.detach().cpu().numpy() if hasattr(m, "detach") else m, dtype=np.float32)
-                  for m in mats]
+        arrays = [
+            np.ascontiguousarray(m.detach().cpu().numpy() if hasattr(m, "detach") else m, dtype=np.float32)
+            for m in mats
+        ]
         chunksize = max(1, len(arrays) // (4 * nj))
         return list(pool.map(_worker_decode, arrays, chunksize=chunksize))
 
@@ -242,9 +257,12 @@ class WfstDecoder:
             return self._pool
         self.close()
         ctx = multiprocessing.get_context("spawn")  # the parent may run torch threads: no fork
-        self._pool = ProcessPoolExecutor(nj, mp_context=ctx, initializer=_worker_init,
-                                         initargs=(self._graph_file(), dataclasses.asdict(self.opts),
-                                                   self.olabel_offset))
+        self._pool = ProcessPoolExecutor(
+            nj,
+            mp_context=ctx,
+            initializer=_worker_init,
+            initargs=(self._graph_file(), dataclasses.asdict(self.opts), self.olabel_offset),
+        )
         self._pool_nj = nj
         return self._pool
 
@@ -254,7 +272,7 @@ class WfstDecoder:
             self._pool.shutdown()
             self._pool = None
 
-    def __enter__(self) -> "WfstDecoder":
+    def __enter__(self) -> WfstDecoder:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -263,7 +281,7 @@ class WfstDecoder:
             self._tmpdir.cleanup()
             self._tmpdir = None
 
-    def stream(self) -> "WfstStream":
+    def stream(self) -> WfstStream:
         """An incremental decoder for one stream over this graph."""
         return WfstStream(self)
 
@@ -273,7 +291,6 @@ class WfstStream:
     at any time, and :meth:`finalize` at the end (final-state weights applied when reachable)."""
 
     def __init__(self, decoder: WfstDecoder) -> None:
-        import kaldi_decoder
 
         self._parent = decoder
         self._dec = kaldi_decoder.FasterDecoder(decoder.fst, decoder.opts.kaldi())
@@ -281,7 +298,6 @@ class WfstStream:
         self.frames = 0
 
     def accept(self, scores: Any) -> None:
-        import kaldi_decoder
 
         m = _as_matrix(scores, self._parent.opts.acoustic_scale)
         if m.shape[0] == 0:
@@ -321,7 +337,6 @@ def _worker_init(graph_path: str, opts: dict, olabel_offset: int) -> None:
 
 
 def _worker_decode(m: np.ndarray) -> WfstResult:
-    import kaldi_decoder
 
     opts: WfstOptions = _W["opts"]
     mat = _as_matrix(m, opts.acoustic_scale)

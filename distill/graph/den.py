@@ -10,20 +10,33 @@ first, then the CTC topology is composed with vectorised tensor code); it exists
 route builds the V^2-arc CTC topology arc by arc, which takes minutes for V in the thousands. The two
 routes are checked against each other in the tests.
 """
+
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Iterable, Iterator, Literal, Sequence
+from typing import Literal
 
+import kaldifst
 import torch
 
 from distill.graph.fsa import Fsa, _csr, _expand, connect, fst_arrays, merge_parallel_arcs, remove_epsilon
 from distill.graph.ngram import BOS, EOS, NgramLM, Smoothing, arpa_to_fst, estimate_ngram
-from distill.graph.topo import ctc_topo_fst
+from distill.graph.topo import check_num_tokens, ctc_topo_fst
 
-__all__ = ["read_tokens", "read_token_ids", "iter_token_ids", "TokenIdsStats", "train_token_lm", "load_token_lm_arrays",
-           "compose_ctc_topo", "den_graph_from_arpa", "build_den_graph"]
+__all__ = [
+    "read_tokens",
+    "read_token_ids",
+    "iter_token_ids",
+    "TokenIdsStats",
+    "train_token_lm",
+    "load_token_lm_arrays",
+    "ctc_topo",
+    "compose_ctc_topo",
+    "den_graph_from_arpa",
+    "build_den_graph",
+]
 
 _RESERVED = (BOS, EOS, "#0", "<eps>")
 
@@ -97,8 +110,10 @@ def iter_token_ids(path: str | Path, num_tokens: int, stats: TokenIdsStats | Non
                 raise ValueError(f"{p}:{lineno}: not a list of integer token ids: {line.strip()[:80]!r}") from None
             if min(ids) < 1 or max(ids) >= num_tokens:
                 bad = next(i for i in ids if not 1 <= i < num_tokens)
-                raise ValueError(f"{p}:{lineno}: token id {bad} is outside 1..{num_tokens - 1} "
-                                 "(0 is the blank, which must not appear in transcripts)")
+                raise ValueError(
+                    f"{p}:{lineno}: token id {bad} is outside 1..{num_tokens - 1} "
+                    "(0 is the blank, which must not appear in transcripts)"
+                )
             st.utterances += 1
             st.tokens += len(ids)
             yield ids
@@ -113,18 +128,25 @@ def read_token_ids(path: str | Path, num_tokens: int) -> tuple[list[list[int]], 
     return list(iter_token_ids(path, num_tokens, st)), st.empty
 
 
-def train_token_lm(sequences: Iterable[Sequence[int]], tokens: Sequence[str], order: int = 2,
-                   smoothing: Smoothing = "kneser_ney", min_count: int = 1) -> NgramLM:
+def train_token_lm(
+    sequences: Iterable[Sequence[int]],
+    tokens: Sequence[str],
+    order: int = 2,
+    smoothing: Smoothing = "kneser_ney",
+    min_count: int = 1,
+) -> NgramLM:
     """Token n-gram P over all non-blank tokens of ``tokens`` (unseen ones keep a smoothed probability).
 
     ``sequences`` is read once (it may be :func:`iter_token_ids` over millions of lines)."""
     vocab = list(tokens[1:])
-    return estimate_ngram(([tokens[i] for i in s] for s in sequences), order=order, vocab=vocab,
-                          smoothing=smoothing, min_count=min_count)
+    return estimate_ngram(
+        ([tokens[i] for i in s] for s in sequences), order=order, vocab=vocab, smoothing=smoothing, min_count=min_count
+    )
 
 
-def load_token_lm_arrays(arpa_path: str | Path, tokens: Sequence[str], order: int | None = None
-                         ) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int, torch.Tensor]:
+def load_token_lm_arrays(
+    arpa_path: str | Path, tokens: Sequence[str], order: int | None = None
+) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int, torch.Tensor]:
     """Load an ARPA token LM with kaldilm; arrays as :func:`fst_arrays` (label = token id, -1 = back-off
     epsilon). ``<s>`` is the start state and ``</s>`` becomes final weights."""
     v = len(tokens)
@@ -140,10 +162,15 @@ def load_token_lm_arrays(arpa_path: str | Path, tokens: Sequence[str], order: in
     return n, src, dst, lab, score, start, final
 
 
-def _arrays_to_fst(n: int, src: torch.Tensor, dst: torch.Tensor, lab: torch.Tensor, score: torch.Tensor,
-                   start: int, final: torch.Tensor) -> object:
-    import kaldifst
-
+def _arrays_to_fst(
+    n: int,
+    src: torch.Tensor,
+    dst: torch.Tensor,
+    lab: torch.Tensor,
+    score: torch.Tensor,
+    start: int,
+    final: torch.Tensor,
+) -> object:
     fst = kaldifst.StdVectorFst()
     for _ in range(n):
         fst.add_state()
@@ -155,6 +182,21 @@ def _arrays_to_fst(n: int, src: torch.Tensor, dst: torch.Tensor, lab: torch.Tens
             fst.set_final(state=s, weight=-f)
     kaldifst.arcsort(fst, sort_type="ilabel")
     return fst
+
+
+def ctc_topo(num_tokens: int) -> Fsa:
+    """Standard CTC topology over ``num_tokens`` labels as an acceptor of frame-label sequences.
+
+    State k means "the last frame's label was k" (state 0: blank, also the start); every state is final
+    and an arc i -> k with label k exists for every i, k, all with weight 0. As an acceptor it accepts
+    every frame sequence once, so it is the denominator graph of a flat (uniform) P: with it the
+    numerator equals plain CTC.
+    """
+    check_num_tokens(num_tokens)
+    v = num_tokens
+    src = torch.arange(v).repeat_interleave(v)
+    dst = torch.arange(v).repeat(v)
+    return Fsa(src, dst, dst.clone(), torch.zeros(v * v), 0, torch.zeros(v))
 
 
 def compose_ctc_topo(p: Fsa, num_tokens: int) -> Fsa:
@@ -184,22 +226,23 @@ def compose_ctc_topo(p: Fsa, num_tokens: int) -> Fsa:
     rep, arc = rep[keep], arc[keep]
     src = torch.cat([b_ids, t_ids, t_ids, p.src, t_ids[rep]])
     dst = torch.cat([b_ids, t_hist, t_ids, n + inv, n + inv[arc]])
-    lab = torch.cat([torch.zeros(n, dtype=torch.long), torch.zeros(nt, dtype=torch.long), t_lab, p.label,
-                     p.label[arc]])
+    lab = torch.cat([torch.zeros(n, dtype=torch.long), torch.zeros(nt, dtype=torch.long), t_lab, p.label, p.label[arc]])
     w = p.score.double()
     score = torch.cat([zeros_b, zeros_t, zeros_t, w, w[arc]])
     final = torch.cat([p.final.double(), p.final.double()[t_hist]])
     return connect(merge_parallel_arcs(Fsa(src, dst, lab, score, p.start, final)))
 
 
-def den_graph_from_arpa(arpa_path: str | Path, tokens: Sequence[str], order: int | None = None,
-                        method: Literal["kaldifst", "direct"] = "kaldifst") -> Fsa:
+def den_graph_from_arpa(
+    arpa_path: str | Path,
+    tokens: Sequence[str],
+    order: int | None = None,
+    method: Literal["kaldifst", "direct"] = "kaldifst",
+) -> Fsa:
     """CTC topology composed with the ARPA token LM, back-off epsilons removed in the log semiring."""
     v = len(tokens)
     n, src, dst, lab, score, start, final = load_token_lm_arrays(arpa_path, tokens, order)
     if method == "kaldifst":
-        import kaldifst
-
         p_fst = _arrays_to_fst(n, src, dst, lab, score, start, final)
         composed = kaldifst.compose(ctc_topo_fst(v), p_fst, connect=True)
         return Fsa.from_kaldifst(composed, remove_eps=True)
@@ -209,9 +252,15 @@ def den_graph_from_arpa(arpa_path: str | Path, tokens: Sequence[str], order: int
     raise ValueError(f"unknown method {method!r} (use 'kaldifst' or 'direct')")
 
 
-def build_den_graph(tokens: Sequence[str], sequences: Iterable[Sequence[int]], arpa_path: str | Path,
-                    order: int = 2, smoothing: Smoothing = "kneser_ney", min_count: int = 1,
-                    method: Literal["kaldifst", "direct"] = "kaldifst") -> Fsa:
+def build_den_graph(
+    tokens: Sequence[str],
+    sequences: Iterable[Sequence[int]],
+    arpa_path: str | Path,
+    order: int = 2,
+    smoothing: Smoothing = "kneser_ney",
+    min_count: int = 1,
+    method: Literal["kaldifst", "direct"] = "kaldifst",
+) -> Fsa:
     """Estimate P on ``sequences``, write it to ``arpa_path`` and return the denominator graph."""
     lm = train_token_lm(sequences, tokens, order, smoothing, min_count)
     lm.write_arpa(arpa_path)

@@ -14,12 +14,17 @@ kaldifst (OpenFst) uses costs (``-log`` weights) and reserves ilabel 0 for epsil
 **FST label = token id + 1** (blank 0 -> 1), as icefall's ``add_one`` and kaldi-decoder's
 ``DecodableCtc`` (which reads column ``ilabel - 1``) do.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import kaldifst
 import torch
+
+from distill import safe_load
+from distill.safe_load import CheckpointError
 
 __all__ = ["Fsa", "remove_epsilon", "connect", "merge_parallel_arcs", "segment_logsumexp"]
 
@@ -97,7 +102,12 @@ class Fsa:
         if not 0 <= self.start < n:
             raise ValueError(f"Fsa: start state {self.start} is not in [0, {n})")
         if a:
-            if int(self.src.min()) < 0 or int(self.src.max()) >= n or int(self.dst.min()) < 0 or int(self.dst.max()) >= n:
+            if (
+                int(self.src.min()) < 0
+                or int(self.src.max()) >= n
+                or int(self.dst.min()) < 0
+                or int(self.dst.max()) >= n
+            ):
                 raise ValueError(f"Fsa: arc 'src'/'dst' must lie in [0, {n})")
             if int(self.label.min()) < 0:
                 raise ValueError("Fsa: labels must be >= 0 (no epsilon arcs; blank is 0)")
@@ -106,13 +116,19 @@ class Fsa:
         if torch.isnan(self.final).any() or (self.final == float("inf")).any():
             raise ValueError("Fsa: final weights must not be NaN or +inf (-inf means not final)")
 
-    def to(self, device: torch.device | str) -> "Fsa":
+    def to(self, device: torch.device | str) -> Fsa:
         """A copy on ``device`` (the same object when it is already there)."""
         device = torch.device(device)
         if self.src.device == device:
             return self
-        return Fsa(self.src.to(device), self.dst.to(device), self.label.to(device), self.score.to(device),
-                   self.start, self.final.to(device))
+        return Fsa(
+            self.src.to(device),
+            self.dst.to(device),
+            self.label.to(device),
+            self.score.to(device),
+            self.start,
+            self.final.to(device),
+        )
 
     def __repr__(self) -> str:
         return f"Fsa(num_states={self.num_states}, num_arcs={self.num_arcs}, start={self.start})"
@@ -120,11 +136,18 @@ class Fsa:
     # ------------------------------------------------------------------ I/O
     def to_dict(self) -> dict[str, Any]:
         """Plain tensors and ints only, so that ``torch.load(weights_only=True)`` reads it back."""
-        return {"format": _FORMAT, "src": self.src.cpu(), "dst": self.dst.cpu(), "label": self.label.cpu(),
-                "score": self.score.cpu(), "start": self.start, "final": self.final.cpu()}
+        return {
+            "format": _FORMAT,
+            "src": self.src.cpu(),
+            "dst": self.dst.cpu(),
+            "label": self.label.cpu(),
+            "score": self.score.cpu(),
+            "start": self.start,
+            "final": self.final.cpu(),
+        }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], where: str = "<dict>") -> "Fsa":
+    def from_dict(cls, d: dict[str, Any], where: str = "<dict>") -> Fsa:
         missing = [k for k in ("src", "dst", "label", "score", "start", "final") if k not in d]
         if missing or d.get("format") != _FORMAT:
             raise ValueError(f"{where}: not a saved distill Fsa (format {d.get('format')!r}, missing {missing})")
@@ -135,17 +158,16 @@ class Fsa:
         torch.save(self.to_dict(), str(path))
 
     @classmethod
-    def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> "Fsa":
-        """Read a graph written by :meth:`save` (``weights_only=True``: no code is unpickled)."""
+    def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> Fsa:
+        """Read a graph written by :meth:`save` (:func:`distill.safe_load.load`: no code is unpickled); an
+        unreadable file raises :class:`~distill.safe_load.CheckpointError` naming it."""
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"graph file '{p}' does not exist")
         try:
-            d = torch.load(str(p), map_location=map_location, weights_only=True)
-        except Exception as e:  # torch raises several types for corrupt files
-            from distill.train.checkpoint import load_error_detail
-
-            raise ValueError(f"{p}: cannot read the graph: {load_error_detail(e)}") from None
+            d = safe_load.load(p, map_location, what="graph file")
+        except CheckpointError as e:  # (a ValueError, as this method's other errors)
+            raise CheckpointError.for_file(f"{p}: cannot read the graph: {e.detail}", p, e.detail) from None
         if not isinstance(d, dict):
             raise ValueError(f"{p}: not a saved distill Fsa")
         return cls.from_dict(d, where=str(p))
@@ -167,8 +189,6 @@ class Fsa:
     # ------------------------------------------------------------------ kaldifst
     def to_kaldifst(self) -> Any:
         """A ``kaldifst.StdVectorFst`` acceptor with labels ``token + 1`` and costs ``-score``."""
-        import kaldifst
-
         fst = kaldifst.StdVectorFst()
         for _ in range(self.num_states):
             fst.add_state()
@@ -183,7 +203,7 @@ class Fsa:
         return fst
 
     @classmethod
-    def from_kaldifst(cls, fst: Any, remove_eps: bool = False) -> "Fsa":
+    def from_kaldifst(cls, fst: Any, remove_eps: bool = False) -> Fsa:
         """Build from a kaldifst FST using its input labels (``label = ilabel - 1``).
 
         Input-epsilon arcs (ilabel 0) do not consume a frame: they raise ValueError unless
@@ -198,8 +218,6 @@ class Fsa:
 def fst_arrays(fst: Any) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int, torch.Tensor]:
     """(num_states, src, dst, label = ilabel - 1 (-1 = epsilon), log weight, start, final log weight)
     of a kaldifst FST, read arc by arc (the text form would round weights to 6 digits)."""
-    import kaldifst
-
     n = fst.num_states
     if n == 0 or fst.start < 0:
         raise ValueError("FST is empty (no start state)")
@@ -215,8 +233,15 @@ def fst_arrays(fst: Any) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor,
         fw = fst.final(s).value
         if fw != float("inf"):
             final[s] = -fw
-    return (n, torch.tensor(src, dtype=torch.long), torch.tensor(dst, dtype=torch.long),
-            torch.tensor(lab, dtype=torch.long), -torch.tensor(cost, dtype=torch.float64), int(fst.start), final)
+    return (
+        n,
+        torch.tensor(src, dtype=torch.long),
+        torch.tensor(dst, dtype=torch.long),
+        torch.tensor(lab, dtype=torch.long),
+        -torch.tensor(cost, dtype=torch.float64),
+        int(fst.start),
+        final,
+    )
 
 
 def _csr(index: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -336,11 +361,21 @@ def connect(fsa: Fsa) -> Fsa:
     coacc = _reach(n, dst, src, finals)
     keep = acc & coacc
     if not bool(keep[fsa.start]):
-        return Fsa(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long),
-                   torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=fsa.score.dtype), 0,
-                   torch.full((1,), NEG_INF, dtype=fsa.final.dtype))
+        return Fsa(
+            torch.zeros(0, dtype=torch.long),
+            torch.zeros(0, dtype=torch.long),
+            torch.zeros(0, dtype=torch.long),
+            torch.zeros(0, dtype=fsa.score.dtype),
+            0,
+            torch.full((1,), NEG_INF, dtype=fsa.final.dtype),
+        )
     new_id = torch.cumsum(keep.long(), 0) - 1
     arc_ok = keep_arc & keep[fsa.src] & keep[fsa.dst]
-    return Fsa(new_id[fsa.src[arc_ok]], new_id[fsa.dst[arc_ok]], fsa.label[arc_ok], fsa.score[arc_ok],
-               int(new_id[fsa.start]), fsa.final[keep])
-
+    return Fsa(
+        new_id[fsa.src[arc_ok]],
+        new_id[fsa.dst[arc_ok]],
+        fsa.label[arc_ok],
+        fsa.score[arc_ok],
+        int(new_id[fsa.start]),
+        fsa.final[keep],
+    )

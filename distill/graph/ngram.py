@@ -24,12 +24,19 @@ weight that makes its distribution sum to one under the usual back-off reading.
 ``min_count`` prunes n-grams of order >= 2 seen fewer times; their mass then goes through the back-off
 weight, recomputed so that every history still normalises.
 """
+
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+import tempfile
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Literal
+
+import kaldifst
 
 __all__ = ["BOS", "EOS", "NgramLM", "estimate_ngram"]
 
@@ -47,8 +54,9 @@ class NgramLM:
     ``backoff[n-1]`` maps n-grams used as histories to their ``log10`` back-off weight (absent = 0).
     """
 
-    def __init__(self, order: int, logprob: list[dict[tuple[str, ...], float]],
-                 backoff: list[dict[tuple[str, ...], float]]) -> None:
+    def __init__(
+        self, order: int, logprob: list[dict[tuple[str, ...], float]], backoff: list[dict[tuple[str, ...], float]]
+    ) -> None:
         if order < 1 or len(logprob) != order or len(backoff) != order:
             raise ValueError(f"NgramLM: order {order} does not match {len(logprob)} probability tables")
         self.order = order
@@ -62,7 +70,7 @@ class NgramLM:
 
     def log10prob(self, word: str, history: Sequence[str] = ()) -> float:
         """``log10 p(word | history)`` under the ARPA back-off reading (``-inf`` for an unknown word)."""
-        h = tuple(history)[-(self.order - 1):] if self.order > 1 else ()
+        h = tuple(history)[-(self.order - 1) :] if self.order > 1 else ()
         acc = 0.0
         while True:
             p = self.logprob[len(h)].get(h + (word,))
@@ -101,7 +109,7 @@ class NgramLM:
             f.write("\n\\end\\\n")
 
     @classmethod
-    def read_arpa(cls, path: str | Path) -> "NgramLM":
+    def read_arpa(cls, path: str | Path) -> NgramLM:
         """Read an ARPA file; malformed lines raise ValueError naming the file and line."""
         p = Path(path)
         counts: dict[int, int] = {}
@@ -144,7 +152,7 @@ class NgramLM:
                     bow = float(parts[n + 1]) if len(parts) == n + 2 else None
                 except ValueError:
                     raise ValueError(f"{p}:{lineno}: bad number in {line!r}") from None
-                g = tuple(parts[1:n + 1])
+                g = tuple(parts[1 : n + 1])
                 logprob[n - 1][g] = lp
                 if bow is not None:
                     backoff[n - 1][g] = bow
@@ -306,22 +314,19 @@ def arpa_to_fst(arpa: str | Path, symbol_table: str | Path, max_order: int | Non
     kaldilm aborts the whole process on malformed input, so it runs in a child process; a failure
     raises ValueError with its log.
     """
-    import subprocess
-    import sys
-    import tempfile
-
-    import kaldifst
-
     if not Path(arpa).is_file():
         raise ValueError(f"ARPA file '{arpa}' does not exist")
     if not Path(symbol_table).is_file():
         raise ValueError(f"symbol table '{symbol_table}' does not exist")
     with tempfile.TemporaryDirectory() as td:
         out = Path(td) / "G.fst"
-        proc = subprocess.run([sys.executable, "-c", _ARPA2FST, str(arpa), str(out), str(symbol_table),
-                               str(max_order or -1)], capture_output=True)
+        proc = subprocess.run(
+            [sys.executable, "-c", _ARPA2FST, str(arpa), str(out), str(symbol_table), str(max_order or -1)],
+            capture_output=True,
+        )
         if proc.returncode != 0 or not out.is_file():
             err = proc.stderr.decode("utf-8", "replace")
-            raise ValueError(f"kaldilm could not convert the ARPA file '{arpa}' (status {proc.returncode}):\n"
-                             f"{err[-2000:]}")
+            raise ValueError(
+                f"kaldilm could not convert the ARPA file '{arpa}' (status {proc.returncode}):\n{err[-2000:]}"
+            )
         return kaldifst.StdVectorFst.read(str(out))

@@ -1,7 +1,8 @@
 """Distillation losses on the LF-MMI denominator graph."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -20,8 +21,9 @@ class _KD(torch.autograd.Function):
     The gradient ``gamma_S - gamma_T`` is formed in the forward when the student needs one."""
 
     @staticmethod
-    def forward(ctx, x_s: torch.Tensor, x_t: torch.Tensor, layout: fb.SharedLayout, lengths: torch.Tensor,
-                checkpoint: int) -> torch.Tensor:
+    def forward(
+        ctx, x_s: torch.Tensor, x_t: torch.Tensor, layout: fb.SharedLayout, lengths: torch.Tensor, checkpoint: int
+    ) -> torch.Tensor:
         b_n = x_s.shape[0]
         x = torch.cat([x_t, x_s.detach()])
         lens2 = torch.cat([lengths, lengths])
@@ -41,9 +43,14 @@ class _KD(torch.autograd.Function):
         return ctx.grad_buf * g[:, None, None].to(ctx.grad_buf.dtype), None, None, None, None
 
 
-def lfmmi_kd_loss(student_scores: torch.Tensor, teacher_scores: torch.Tensor,
-                  lengths: torch.Tensor | Sequence[int], den: Fsa,
-                  dtype: torch.dtype | None = None, checkpoint: int = 0) -> torch.Tensor:
+def lfmmi_kd_loss(
+    student_scores: torch.Tensor,
+    teacher_scores: torch.Tensor,
+    lengths: torch.Tensor | Sequence[int],
+    den: Fsa,
+    dtype: torch.dtype | None = None,
+    checkpoint: int = 0,
+) -> torch.Tensor:
     """The "modified LF-MMI" distillation loss [B] (DESIGN.md, our reading of DistillW2V2):
 
     ``logZ_den(student) - sum_t sum_k gamma_T[t, k] * x_S[t, k]``
@@ -59,7 +66,9 @@ def lfmmi_kd_loss(student_scores: torch.Tensor, teacher_scores: torch.Tensor,
     lens = check_inputs(student_scores, lengths, den, name="student_scores")
     check_inputs(teacher_scores, lens, den, name="teacher_scores")
     if teacher_scores.shape != student_scores.shape:
-        raise ValueError(f"teacher scores {tuple(teacher_scores.shape)} and student scores "
-                         f"{tuple(student_scores.shape)} differ in shape")
+        raise ValueError(
+            f"teacher scores {tuple(teacher_scores.shape)} and student scores "
+            f"{tuple(student_scores.shape)} differ in shape"
+        )
     layout = den_layout(student_scores, den, dtype, batch=2 * student_scores.shape[0])
     return _KD.apply(student_scores, teacher_scores.detach().to(student_scores.dtype), layout, lens, checkpoint)

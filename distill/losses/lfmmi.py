@@ -11,9 +11,10 @@ Utterances whose numerator cannot be reached (a reference longer than the frames
 graph never emits) get a ``+inf`` loss and exactly zero gradient; :func:`distill.losses.reduce_finite`
 drops and counts them.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -23,8 +24,13 @@ from distill.losses import fb
 __all__ = ["LFMMILoss", "den_log_z", "den_occupancy", "den_layout", "check_inputs"]
 
 
-def check_inputs(scores: torch.Tensor, lengths: torch.Tensor | Sequence[int], den: Fsa | None = None,
-                 targets: Sequence[Sequence[int]] | None = None, name: str = "scores") -> torch.Tensor:
+def check_inputs(
+    scores: torch.Tensor,
+    lengths: torch.Tensor | Sequence[int],
+    den: Fsa | None = None,
+    targets: Sequence[Sequence[int]] | None = None,
+    name: str = "scores",
+) -> torch.Tensor:
     """Validate a batch; returns ``lengths`` as a LongTensor on the scores' device.
 
     Raises ValueError saying what is wrong: an empty batch, a scores tensor that is not [B, T, V]
@@ -58,12 +64,16 @@ def check_inputs(scores: torch.Tensor, lengths: torch.Tensor | Sequence[int], de
             raise ValueError(f"targets has {len(targets)} entries for a batch of {b_n} utterances")
         for i, tgt in enumerate(targets):
             for j, tok in enumerate(tgt):
-                if isinstance(tok, bool) or not isinstance(tok, int) and not (
-                        isinstance(tok, torch.Tensor) and tok.numel() == 1 and not tok.is_floating_point()):
+                if (
+                    isinstance(tok, bool)
+                    or not isinstance(tok, int)
+                    and not (isinstance(tok, torch.Tensor) and tok.numel() == 1 and not tok.is_floating_point())
+                ):
                     raise ValueError(f"targets[{i}][{j}] = {tok!r} is not an integer token id")
                 if not 1 <= int(tok) < v_n:
-                    raise ValueError(f"targets[{i}][{j}] = {int(tok)} is not a token id in 1..{v_n - 1} "
-                                     "(0 is the blank)")
+                    raise ValueError(
+                        f"targets[{i}][{j}] = {int(tok)} is not a token id in 1..{v_n - 1} (0 is the blank)"
+                    )
     return lens_cpu.to(scores.device)
 
 
@@ -95,8 +105,15 @@ class _LFMMI(torch.autograd.Function):
     """-(logZ_num - den_scale logZ_den) [B]; one gradient buffer: den_scale gamma_den - gamma_num."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, num: fb.FlatLayout, den: fb.SharedLayout | None, lengths: torch.Tensor,
-                den_scale: float, checkpoint: int) -> torch.Tensor:
+    def forward(
+        ctx,
+        x: torch.Tensor,
+        num: fb.FlatLayout,
+        den: fb.SharedLayout | None,
+        lengths: torch.Tensor,
+        den_scale: float,
+        checkpoint: int,
+    ) -> torch.Tensor:
         fw_num = fb.forward_pass(num, x, lengths, checkpoint)
         loss = -fw_num.logz
         fw_den = None
@@ -133,15 +150,21 @@ class _Occupancy(torch.autograd.Function):
         return fb.hvp(ctx.layout, x, lengths, ctx.fw, grad), None, None
 
 
-def den_layout(scores: torch.Tensor, den: Fsa, dtype: torch.dtype | None = None,
-               batch: int | None = None) -> fb.SharedLayout:
+def den_layout(
+    scores: torch.Tensor, den: Fsa, dtype: torch.dtype | None = None, batch: int | None = None
+) -> fb.SharedLayout:
     """The shared (denominator) layout of ``den`` for a batch like ``scores`` (of ``batch`` rows if given)."""
     g = fb.compile_graph(den, scores.device, _dtype(scores, dtype))
     return fb.SharedLayout(g, scores.shape[0] if batch is None else batch, scores.shape[2])
 
 
-def den_log_z(scores: torch.Tensor, lengths: torch.Tensor | Sequence[int], den: Fsa,
-              dtype: torch.dtype | None = None, checkpoint: int = 0) -> torch.Tensor:
+def den_log_z(
+    scores: torch.Tensor,
+    lengths: torch.Tensor | Sequence[int],
+    den: Fsa,
+    dtype: torch.dtype | None = None,
+    checkpoint: int = 0,
+) -> torch.Tensor:
     """Exact log score [B] of ``scores`` [B, T, V] (first ``lengths[b]`` frames) against ``den``.
 
     Differentiable: the gradient is the occupancy. ``dtype`` is the internal precision (default:
@@ -152,8 +175,9 @@ def den_log_z(scores: torch.Tensor, lengths: torch.Tensor | Sequence[int], den: 
     return _LogZ.apply(scores, den_layout(scores, den, dtype), lens, checkpoint)
 
 
-def den_occupancy(scores: torch.Tensor, lengths: torch.Tensor | Sequence[int], den: Fsa,
-                  dtype: torch.dtype | None = None) -> torch.Tensor:
+def den_occupancy(
+    scores: torch.Tensor, lengths: torch.Tensor | Sequence[int], den: Fsa, dtype: torch.dtype | None = None
+) -> torch.Tensor:
     """Per-frame label occupancies [B, T, V] on ``den`` (posterior probability that frame t carries
     label k; each valid frame sums to 1, padded frames are 0). Differentiable (Hessian-vector product)."""
     lens = check_inputs(scores, lengths, den)
@@ -174,8 +198,7 @@ class LFMMILoss(torch.nn.Module):
     interval (0 = automatic).
     """
 
-    def __init__(self, den: Fsa, den_scale: float = 1.0, dtype: torch.dtype | None = None,
-                 checkpoint: int = 0) -> None:
+    def __init__(self, den: Fsa, den_scale: float = 1.0, dtype: torch.dtype | None = None, checkpoint: int = 0) -> None:
         super().__init__()
         if not isinstance(den, Fsa):
             raise ValueError(f"LFMMILoss needs a distill.graph.Fsa den graph, got {type(den).__name__}")
@@ -184,14 +207,14 @@ class LFMMILoss(torch.nn.Module):
         self.dtype = dtype
         self.checkpoint = checkpoint
 
-    def forward(self, scores: torch.Tensor, lengths: torch.Tensor | Sequence[int],
-                targets: Sequence[Sequence[int]]) -> torch.Tensor:
+    def forward(
+        self, scores: torch.Tensor, lengths: torch.Tensor | Sequence[int], targets: Sequence[Sequence[int]]
+    ) -> torch.Tensor:
         lens = check_inputs(scores, lengths, self.den, targets)
         targets = [[int(t) for t in tgt] for tgt in targets]
         den = den_layout(scores, self.den, self.dtype)
         num = fb.numerator_layout(den.g, targets, scores.shape[2])
-        return _LFMMI.apply(scores, num, den if self.den_scale != 0.0 else None, lens, self.den_scale,
-                            self.checkpoint)
+        return _LFMMI.apply(scores, num, den if self.den_scale != 0.0 else None, lens, self.den_scale, self.checkpoint)
 
     def extra_repr(self) -> str:
         return f"den={self.den!r}, den_scale={self.den_scale}"

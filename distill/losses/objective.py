@@ -20,11 +20,13 @@ sequence losses are sums over the utterance's frames already); the trainer divid
 total frames (``num``). Utterances whose sequence loss is not finite (unreachable numerator,
 ``-inf`` teacher score) are dropped from that term by :func:`reduce_finite` and counted.
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Optional, Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -36,8 +38,15 @@ from distill.losses.kd import lfmmi_kd_loss
 from distill.losses.lfmmi import LFMMILoss
 from distill.losses.reduce import reduce_finite
 
-__all__ = ["ObjectiveConfig", "DistillObjective", "TeacherTargets", "ObjectiveResult", "layer_map",
-           "frame_kl", "masked_mse_sum"]
+__all__ = [
+    "ObjectiveConfig",
+    "DistillObjective",
+    "TeacherTargets",
+    "ObjectiveResult",
+    "layer_map",
+    "frame_kl",
+    "masked_mse_sum",
+]
 
 log = logging.getLogger(__name__)
 
@@ -75,14 +84,15 @@ class ObjectiveConfig:
             if not 0.0 <= getattr(self, k) <= 1.0:
                 raise ConfigError(f"{where}: key '{k}': must lie in [0, 1], got {getattr(self, k)}")
         if self.hidden_target_norm not in ("none", "layer"):
-            raise ConfigError(f"{where}: key 'hidden_target_norm': must be 'none' or 'layer', "
-                              f"got {self.hidden_target_norm!r}")
+            raise ConfigError(
+                f"{where}: key 'hidden_target_norm': must be 'none' or 'layer', got {self.hidden_target_norm!r}"
+            )
         if self.kl_temperature <= 0:
             raise ConfigError(f"{where}: key 'kl_temperature': must be > 0, got {self.kl_temperature}")
         for k in ("feature_only_steps", "ctc_only_steps"):
             if getattr(self, k) < 0:
                 raise ConfigError(f"{where}: key '{k}': must be >= 0")
-        if not any(self.weights(10 ** 12).values()):
+        if not any(self.weights(10**12).values()):
             raise ConfigError(f"{where}: every loss weight is 0: nothing to train")
 
     def weights(self, step: int) -> dict[str, float]:
@@ -92,12 +102,19 @@ class ObjectiveConfig:
         if step < self.ctc_only_steps:
             return {k: (1.0 if k == "ctc" else 0.0) for k in COMPONENTS}
         d, a, b = self.distill_weight, self.alpha, self.beta
-        return {"hid": d * (1 - a), "out": d * a * (1 - b), "mmi_kd": d * a * b, "lfmmi": self.lfmmi_weight,
-                "ctc": self.ctc_weight, "kl": self.kl_weight, "feat": self.feature_weight}
+        return {
+            "hid": d * (1 - a),
+            "out": d * a * (1 - b),
+            "mmi_kd": d * a * b,
+            "lfmmi": self.lfmmi_weight,
+            "ctc": self.ctc_weight,
+            "kl": self.kl_weight,
+            "feat": self.feature_weight,
+        }
 
     def ever_used(self) -> set[str]:
         """Components with a non-zero weight at some update."""
-        used = {k for k, w in self.weights(10 ** 12).items() if w > 0}
+        used = {k for k, w in self.weights(10**12).items() if w > 0}
         if self.feature_only_steps > 0:
             used.add("feat")
         if self.ctc_only_steps > 0:
@@ -113,9 +130,9 @@ class TeacherTargets:
     """
 
     lengths: Tensor
-    scores: Optional[Tensor] = None
+    scores: Tensor | None = None
     hidden: dict[int, Tensor] = field(default_factory=dict)
-    features: Optional[Tensor] = None
+    features: Tensor | None = None
 
 
 @dataclass
@@ -153,15 +170,16 @@ def frame_kl(student_scores: Tensor, teacher_scores: Tensor, lengths: Tensor, te
     log_p_s = torch.log_softmax(student_scores.float() / temperature, dim=-1)
     log_p_t = torch.log_softmax(teacher_scores.detach().float() / temperature, dim=-1)
     kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=-1)
-    return (kl * _valid_mask(lengths, kl.shape[1]).to(kl.dtype)).sum() * temperature ** 2
+    return (kl * _valid_mask(lengths, kl.shape[1]).to(kl.dtype)).sum() * temperature**2
 
 
 def _linear(d_in: int, d_out: int, init: str) -> nn.Linear:
     lin = nn.Linear(d_in, d_out)
     if init == "identity" or (init == "auto" and d_in == d_out):
         if d_in != d_out:
-            raise ConfigError(f"objective: key 'proj_init': identity projections need equal widths, got "
-                              f"{d_in} -> {d_out}")
+            raise ConfigError(
+                f"objective: key 'proj_init': identity projections need equal widths, got {d_in} -> {d_out}"
+            )
         with torch.no_grad():
             lin.weight.copy_(torch.eye(d_in))
             lin.bias.zero_()
@@ -178,8 +196,13 @@ class DistillObjective(nn.Module):
         teacher_dims: the same for the teacher (None when no teacher term is used).
     """
 
-    def __init__(self, cfg: ObjectiveConfig, den: Optional[Fsa], student_dims: tuple[int, int, int],
-                 teacher_dims: Optional[tuple[int, int, int]] = None) -> None:
+    def __init__(
+        self,
+        cfg: ObjectiveConfig,
+        den: Fsa | None,
+        student_dims: tuple[int, int, int],
+        teacher_dims: tuple[int, int, int] | None = None,
+    ) -> None:
         super().__init__()
         cfg.validate()
         self.cfg = cfg
@@ -194,7 +217,7 @@ class DistillObjective(nn.Module):
         ls, ds, cs = student_dims
         self.pairs: list[tuple[int, int]] = []
         self.proj = nn.ModuleList()
-        self.feat_proj: Optional[nn.Linear] = None
+        self.feat_proj: nn.Linear | None = None
         if teacher_dims is not None:
             lt, dt, ct = teacher_dims
             if "hid" in used:
@@ -208,14 +231,23 @@ class DistillObjective(nn.Module):
 
     def teacher_needs(self) -> dict[str, object]:
         """Which teacher outputs the terms read: ``scores`` (bool), ``hidden`` (indices), ``features`` (bool)."""
-        return {"scores": bool(self.used & {"out", "mmi_kd", "kl"}),
-                "hidden": sorted({t for _, t in self.pairs}),
-                "features": "feat" in self.used}
+        return {
+            "scores": bool(self.used & {"out", "mmi_kd", "kl"}),
+            "hidden": sorted({t for _, t in self.pairs}),
+            "features": "feat" in self.used,
+        }
 
-    def forward(self, student_scores: Tensor, lengths: Tensor, *, step: int = 10 ** 12,
-                student_hidden: Sequence[Tensor] = (), student_features: Optional[Tensor] = None,
-                teacher: Optional[TeacherTargets] = None,
-                targets: Optional[Sequence[Sequence[int]]] = None) -> ObjectiveResult:
+    def forward(
+        self,
+        student_scores: Tensor,
+        lengths: Tensor,
+        *,
+        step: int = 10**12,
+        student_hidden: Sequence[Tensor] = (),
+        student_features: Tensor | None = None,
+        teacher: TeacherTargets | None = None,
+        targets: Sequence[Sequence[int]] | None = None,
+    ) -> ObjectiveResult:
         """The loss of a batch at update ``step``; only the components weighted at that step are computed.
 
         ``student_scores`` may be None in the feature-only phase (then ``lengths`` are the front-end's).
@@ -229,22 +261,38 @@ class DistillObjective(nn.Module):
             if teacher is None:
                 raise ValueError("the objective needs teacher targets at this step")
             if not torch.equal(teacher.lengths.to(lengths.device).long(), lengths):
-                raise ValueError(f"teacher and student frame counts differ: {teacher.lengths.tolist()} vs "
-                                 f"{lengths.tolist()} (different front-end geometry?)")
+                raise ValueError(
+                    f"teacher and student frame counts differ: {teacher.lengths.tolist()} vs "
+                    f"{lengths.tolist()} (different front-end geometry?)"
+                )
         for name in COMPONENTS:
             if w[name] > 0:
-                value, n_bad = self.term(name, student_scores, lengths, student_hidden=student_hidden,
-                                         student_features=student_features, teacher=teacher, targets=targets)
+                value, n_bad = self.term(
+                    name,
+                    student_scores,
+                    lengths,
+                    student_hidden=student_hidden,
+                    student_features=student_features,
+                    teacher=teacher,
+                    targets=targets,
+                )
                 total = total + w[name] * value
                 stats[name] = float(value.detach())
                 if n_bad:
                     dropped[name] = n_bad
         return ObjectiveResult(total, float(lengths.sum()), stats, dropped)
 
-    def term(self, name: str, student_scores: Optional[Tensor], lengths: Tensor, *,
-             student_hidden: Sequence[Tensor] = (), student_features: Optional[Tensor] = None,
-             teacher: Optional[TeacherTargets] = None,
-             targets: Optional[Sequence[Sequence[int]]] = None) -> tuple[Tensor, int]:
+    def term(
+        self,
+        name: str,
+        student_scores: Tensor | None,
+        lengths: Tensor,
+        *,
+        student_hidden: Sequence[Tensor] = (),
+        student_features: Tensor | None = None,
+        teacher: TeacherTargets | None = None,
+        targets: Sequence[Sequence[int]] | None = None,
+    ) -> tuple[Tensor, int]:
         """One unweighted component (a sum over the batch's valid frames) and the number of utterances
         dropped from it (non-finite sequence losses). ``forward`` is the weighted sum of these; they are
         separate so that bench_train can time each term's forward and backward."""
@@ -274,8 +322,15 @@ class DistillObjective(nn.Module):
                 raise ValueError("CTC needs the batch's token sequences")
             flat = torch.tensor([t for seq in targets for t in seq], dtype=torch.long, device=lengths.device)
             tlens = torch.tensor([len(seq) for seq in targets], dtype=torch.long, device=lengths.device)
-            per_utt = F.ctc_loss(student_scores.float().transpose(0, 1), flat, lengths, tlens, blank=0,
-                                 reduction="none", zero_infinity=False)
+            per_utt = F.ctc_loss(
+                student_scores.float().transpose(0, 1),
+                flat,
+                lengths,
+                tlens,
+                blank=0,
+                reduction="none",
+                zero_infinity=False,
+            )
             return reduce_finite(per_utt)
         if name == "kl":
             return frame_kl(student_scores, teacher.scores, lengths, self.cfg.kl_temperature), 0

@@ -1,4 +1,5 @@
 """Batch reduction that keeps non-finite utterance losses away from the gradient."""
+
 from __future__ import annotations
 
 import torch

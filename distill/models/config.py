@@ -4,11 +4,14 @@ Field names follow Hugging Face's ``Wav2Vec2Config`` where a field exists there,
 ``config.json`` maps onto :class:`W2V2Config` one to one; the toolkit's own options (front-end,
 streaming, group-norm masking) are extra fields.
 """
+
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal
+
+import torch
 
 __all__ = ["W2V2Config", "PRESETS", "conv_output_length", "get_config"]
 
@@ -61,7 +64,7 @@ class W2V2Config:
     mask_group_norm: bool = True
     # streaming: chunk size in output frames (0 = full attention), left context in chunks (None = all)
     chunk_frames: int = 0
-    left_chunks: Optional[int] = None
+    left_chunks: int | None = None
     causal_pos_conv: bool = False
     # waveform scaling before the CNN: "none" feeds samples as read; "utterance" scales each utterance's
     # valid samples to zero mean / unit variance (HF's Wav2Vec2FeatureExtractor with do_normalize, what
@@ -141,7 +144,7 @@ class W2V2Config:
     def streaming(self) -> bool:
         return self.chunk_frames > 0
 
-    def replace(self, **changes) -> "W2V2Config":
+    def replace(self, **changes) -> W2V2Config:
         """A copy with ``changes`` applied (validated)."""
         return dataclasses.replace(self, **changes)
 
@@ -152,7 +155,7 @@ class W2V2Config:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "W2V2Config":
+    def from_dict(cls, d: dict) -> W2V2Config:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -166,8 +169,6 @@ def conv_output_length(lengths, config: W2V2Config):
     Both front-ends give ``floor((S - receptive_field) / frame_shift) + 1`` frames for the standard
     CNN geometry; the layer-by-layer formula below is exact for any kernel/stride list.
     """
-    import torch
-
     if isinstance(lengths, torch.Tensor):
         out = lengths.clone().long()
         for k, s in zip(config.conv_kernel, config.conv_stride):
@@ -180,9 +181,7 @@ def conv_output_length(lengths, config: W2V2Config):
 
 
 def _encoder(layers: int, dim: int, ffn: int, heads: int, **kw) -> W2V2Config:
-    return W2V2Config(
-        hidden_size=dim, num_hidden_layers=layers, intermediate_size=ffn, num_attention_heads=heads, **kw
-    )
+    return W2V2Config(hidden_size=dim, num_hidden_layers=layers, intermediate_size=ffn, num_attention_heads=heads, **kw)
 
 
 # Students use the teacher's layout (stable layer norm, layer-norm CNN with bias) so that the CNN can be
@@ -222,7 +221,7 @@ PRESETS: dict[str, W2V2Config] = {
 }
 
 
-def get_config(preset_or_config: "str | W2V2Config") -> W2V2Config:
+def get_config(preset_or_config: str | W2V2Config) -> W2V2Config:
     """Resolve a preset name (a copy) or pass a config through."""
     if isinstance(preset_or_config, W2V2Config):
         return preset_or_config

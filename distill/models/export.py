@@ -11,13 +11,13 @@
 
 The legacy TorchScript-based exporter is used (``dynamo=False``): it needs no extra package.
 """
+
 from __future__ import annotations
 
 import copy
 import logging
 import warnings
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -86,13 +86,18 @@ def export_onnx(model: W2V2Model, path: str | Path, example_seconds: float = 2.0
         path,
         input_names=names,
         output_names=["scores", "out_lengths"],
-        dynamic_axes={names[0]: {0: "B", 1: "S"}, names[1]: {0: "B"}, "scores": {0: "B", 1: "T"}, "out_lengths": {0: "B"}},
+        dynamic_axes={
+            names[0]: {0: "B", 1: "S"},
+            names[1]: {0: "B"},
+            "scores": {0: "B", 1: "T"},
+            "out_lengths": {0: "B"},
+        },
     )
     return path
 
 
 def export_streaming_onnx(
-    model: W2V2Model, path: str | Path, chunk_frames: int = 24, left_chunks: Optional[int] = None
+    model: W2V2Model, path: str | Path, chunk_frames: int = 24, left_chunks: int | None = None
 ) -> Path:
     """Export one streaming chunk step (see :class:`StreamingStep`) to ONNX; returns the path.
 
@@ -130,7 +135,7 @@ def export_streaming_onnx(
 
 def onnx_session(path: str | Path, threads: int = 1):
     """An onnxruntime CPU session with ``threads`` intra-op threads (0 = onnxruntime's default)."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # optional heavy dependency (extra "onnx"): imported only when a session is made
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
@@ -171,6 +176,7 @@ def quantize_torch(model: W2V2Model) -> W2V2Model:
 
 def quantize_onnx(src: str | Path, dst: str | Path) -> Path:
     """Dynamic int8 quantization of an ONNX model's MatMul/Gemm weights (onnxruntime)."""
+    # optional heavy dependency (extra "onnx"): imported only when an ONNX model is quantized
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     dst = Path(dst)

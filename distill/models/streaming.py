@@ -15,16 +15,19 @@ cached keys/values gives the same scores as its chunk-masked forward over the wh
 The group-norm CNN ("base" layout) normalises over the whole utterance and cannot stream; streaming
 needs the layer-norm CNN (all presets except ``w2v2-base``) or the Fbank front-end.
 """
+
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
+import kaldi_native_fbank as knf
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from .config import conv_output_length
-from .wav2vec2 import W2V2Model, bias_from_allowed, chunk_attention_allowed
+from .encoder import bias_from_allowed, chunk_attention_allowed
+from .wav2vec2 import W2V2Model
 from .wave_norm import running_norm, running_state
 
 __all__ = [
@@ -37,7 +40,7 @@ __all__ = [
 ]
 
 
-def chunk_attention_mask(T: int, chunk: int, left_chunks: Optional[int] = None, device=None) -> Tensor:
+def chunk_attention_mask(T: int, chunk: int, left_chunks: int | None = None, device=None) -> Tensor:
     """[T, T] bool, True where frame t may attend frame s: s's chunk is t's chunk or one of the
     ``left_chunks`` chunks before it (every earlier chunk when None). Chunks are ``chunk`` frames."""
     if chunk <= 0:
@@ -45,16 +48,14 @@ def chunk_attention_mask(T: int, chunk: int, left_chunks: Optional[int] = None, 
     return chunk_attention_allowed(T, chunk, left_chunks, device)
 
 
-def streaming_model(model: W2V2Model, chunk_frames: int, left_chunks: Optional[int] = None) -> W2V2Model:
+def streaming_model(model: W2V2Model, chunk_frames: int, left_chunks: int | None = None) -> W2V2Model:
     """``model`` switched (in place) to chunk-masked attention and a causal positional conv."""
     model.set_streaming(chunk_frames, left_chunks, causal_pos_conv=True)
     return model
 
 
-def kaldi_fbank_options(num_mel_bins: int = 80):
+def kaldi_fbank_options(num_mel_bins: int = 80) -> knf.FbankOptions:
     """kaldi-native-fbank options equal to the batch front-end's lhotse Fbank (snip_edges, no dither)."""
-    import kaldi_native_fbank as knf
-
     o = knf.FbankOptions()
     o.frame_opts.dither = 0.0
     o.frame_opts.snip_edges = True
@@ -64,10 +65,8 @@ def kaldi_fbank_options(num_mel_bins: int = 80):
     return o
 
 
-def compute_fbank_knf(wave: "Tensor | np.ndarray", num_mel_bins: int = 80) -> Tensor:
+def compute_fbank_knf(wave: Tensor | np.ndarray, num_mel_bins: int = 80) -> Tensor:
     """Fbank [N, num_mel_bins] of a whole 16 kHz utterance with kaldi-native-fbank (C++)."""
-    import kaldi_native_fbank as knf
-
     f = knf.OnlineFbank(kaldi_fbank_options(num_mel_bins))
     f.accept_waveform(16000, _as_tensor(wave).numpy())
     f.input_finished()
@@ -100,7 +99,7 @@ class StreamingStep(nn.Module):
     (odd only at the end of a stream). Every step but the last must be a full chunk.
     """
 
-    def __init__(self, model: W2V2Model, chunk_frames: int, left_chunks: Optional[int] = None):
+    def __init__(self, model: W2V2Model, chunk_frames: int, left_chunks: int | None = None):
         super().__init__()
         _check_streamable(model)
         if chunk_frames <= 0:
@@ -149,10 +148,20 @@ class StreamingStep(nn.Module):
             cfg = m.config
             # the input overlaps the next chunk's by receptive_field - frame_shift samples: the running
             # sums move on by the frames this chunk completes
-            n_out = conv_output_length(x.shape[1], cfg) if not torch.jit.is_tracing() else \
-                torch.div(x.shape[1] - cfg.receptive_field, cfg.frame_shift, rounding_mode="floor") + 1
-            xs, stats = running_norm(x, cfg.wave_mean, cfg.wave_std, cfg.wave_prior_s, cfg.frame_shift,
-                                     state=state[3], keep=n_out * cfg.frame_shift)
+            n_out = (
+                conv_output_length(x.shape[1], cfg)
+                if not torch.jit.is_tracing()
+                else torch.div(x.shape[1] - cfg.receptive_field, cfg.frame_shift, rounding_mode="floor") + 1
+            )
+            xs, stats = running_norm(
+                x,
+                cfg.wave_mean,
+                cfg.wave_std,
+                cfg.wave_prior_s,
+                cfg.frame_shift,
+                state=state[3],
+                keep=n_out * cfg.frame_shift,
+            )
             feats = m.feature_extractor(xs).transpose(1, 2)
             extra = [stats]
         else:
@@ -199,9 +208,7 @@ class StreamingRecognizer:
     last partial chunk. Memory is bounded when ``left_chunks`` is bounded.
     """
 
-    def __init__(
-        self, model: W2V2Model, chunk_frames: int = 24, left_chunks: Optional[int] = None, step=None
-    ):
+    def __init__(self, model: W2V2Model, chunk_frames: int = 24, left_chunks: int | None = None, step=None):
         """``step`` replaces the torch chunk step, e.g. by ``export.OnnxStreamingStep``."""
         if model.training:
             raise ValueError("StreamingRecognizer needs a model in eval mode (call model.eval())")
@@ -217,8 +224,6 @@ class StreamingRecognizer:
         self.frames_done = 0
         self.finished = False
         if self.step.fbank:
-            import kaldi_native_fbank as knf
-
             self._fbank = knf.OnlineFbank(kaldi_fbank_options(self.cfg.fbank_num_mel_bins))
             self._next_fbank = 0
         else:
@@ -242,7 +247,7 @@ class StreamingRecognizer:
     def _empty(self) -> Tensor:
         return torch.zeros(0, self.cfg.vocab_size, dtype=self.dtype, device=self.device)
 
-    def accept_waveform(self, samples: "Tensor | np.ndarray | Sequence[float]") -> Tensor:
+    def accept_waveform(self, samples: Tensor | np.ndarray | Sequence[float]) -> Tensor:
         """Add samples; return scores [n, V] of the chunks completed by them."""
         if self.finished:
             raise RuntimeError("stream already finalized; call reset() to start a new one")

@@ -1,8 +1,9 @@
 """Students initialised from a teacher (DistillW2V2 stage 1; Shrinking Bigfoot's layer subsets)."""
+
 from __future__ import annotations
 
 import logging
-from typing import Literal, Optional
+from typing import Literal
 
 import torch
 from torch import nn
@@ -39,9 +40,9 @@ def _copy(dst: nn.Module, src: nn.Module) -> bool:
 @torch.no_grad()
 def make_student(
     teacher: W2V2Model,
-    config: "str | W2V2Config",
+    config: str | W2V2Config,
     layer_init: Literal["every_k", "first_k"] = "every_k",
-    vocab_size: Optional[int] = None,
+    vocab_size: int | None = None,
     copy_head: bool = True,
     streamable: bool = True,
 ) -> W2V2Model:
@@ -63,12 +64,15 @@ def make_student(
     vocab = tcfg.vocab_size if vocab_size is None else vocab_size
     if cfg.frontend == "cnn" and tcfg.frontend == "cnn" and cfg.wave_norm == "none" and tcfg.wave_norm != "none":
         # the student's CNN starts from (and its features are taught by) a CNN that saw scaled input
-        cfg = cfg.replace(wave_norm=tcfg.wave_norm, wave_mean=tcfg.wave_mean, wave_std=tcfg.wave_std,
-                          wave_prior_s=tcfg.wave_prior_s)
+        cfg = cfg.replace(
+            wave_norm=tcfg.wave_norm, wave_mean=tcfg.wave_mean, wave_std=tcfg.wave_std, wave_prior_s=tcfg.wave_prior_s
+        )
         if streamable and cfg.wave_norm == "utterance":
             cfg = cfg.replace(wave_norm="running")
-            log.info("the teacher normalises each utterance, which cannot stream: the student uses causal "
-                     "running normalisation (wave_norm: running)")
+            log.info(
+                "the teacher normalises each utterance, which cannot stream: the student uses causal "
+                "running normalisation (wave_norm: running)"
+            )
     student = W2V2Model(cfg.replace(vocab_size=vocab))
     report: list[str] = []
     if cfg.frontend == "cnn" and tcfg.frontend == "cnn" and cfg.feat_extract_norm == tcfg.feat_extract_norm:
@@ -92,7 +96,10 @@ def make_student(
                 report.append(f"encoder.layers.{i}<-{j}")
     if copy_head and vocab == tcfg.vocab_size and _copy(student.lm_head, teacher.lm_head):
         report.append("lm_head")
-    if getattr(student, "masked_spec_embed", None) is not None and getattr(teacher, "masked_spec_embed", None) is not None:
+    if (
+        getattr(student, "masked_spec_embed", None) is not None
+        and getattr(teacher, "masked_spec_embed", None) is not None
+    ):
         if student.masked_spec_embed.shape == teacher.masked_spec_embed.shape:
             student.masked_spec_embed.copy_(teacher.masked_spec_embed)
     log.info("student initialised from teacher: %s", ", ".join(report) or "nothing (all fresh)")

@@ -15,9 +15,8 @@ Why ``running`` is the default for students of per-utterance teachers: measured 
 ``python -m distill.bin.bench_wave_norm`` (docs/models.md), it keeps a trained model's outputs far
 closer to the per-utterance reference than fixed constants, most of all when recordings differ in level.
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import torch
 from torch import Tensor
@@ -27,13 +26,13 @@ __all__ = ["BLOCK", "utterance_norm", "running_norm", "running_state"]
 BLOCK = 320  # samples per block of the running statistics (20 ms at 16 kHz)
 
 
-def _valid_mask(x: Tensor, lengths: Optional[Tensor]) -> Tensor:
+def _valid_mask(x: Tensor, lengths: Tensor | None) -> Tensor:
     if lengths is None:
         return torch.ones_like(x)
     return (torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]).to(x.dtype)
 
 
-def utterance_norm(wave: Tensor, lengths: Optional[Tensor] = None) -> Tensor:
+def utterance_norm(wave: Tensor, lengths: Tensor | None = None) -> Tensor:
     """Zero mean / unit variance over each row's first ``lengths`` samples (all without lengths);
     padding set to 0; variance + 1e-7 under the square root, as HF's feature extractor does."""
     x = wave.float()
@@ -49,9 +48,16 @@ def running_state(batch: int, device=None) -> Tensor:
     return torch.zeros(batch, 3, dtype=torch.float64, device=device)
 
 
-def running_norm(wave: Tensor, mean: float, std: float, prior_s: float, block: int = BLOCK,
-                 lengths: Optional[Tensor] = None, state: Optional[Tensor] = None,
-                 keep: Optional[int] = None) -> tuple[Tensor, Tensor]:
+def running_norm(
+    wave: Tensor,
+    mean: float,
+    std: float,
+    prior_s: float,
+    block: int = BLOCK,
+    lengths: Tensor | None = None,
+    state: Tensor | None = None,
+    keep: int | None = None,
+) -> tuple[Tensor, Tensor]:
     """Causal running normalisation of ``wave`` [B, S] (see the module docstring) in blocks of ``block``
     samples (the model's frame shift, so that every chunk of a stream starts on a block boundary).
 

@@ -12,15 +12,16 @@ Among equal-cost alignments this choice decides the ins/del/sub split, so a diff
 :func:`sclite_align` reimplements that rule; ``tests/test_scoring_sclite.py`` checks it against the
 sclite binary.
 """
+
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import kaldialign
 
 __all__ = ["Alignment", "sclite_align", "levenshtein_align", "ascii_lower", "count_edits"]
 
-Alignment = list[tuple[Optional[str], Optional[str]]]
+Alignment = list[tuple[str | None, str | None]]
 
 # sclite folds case with C tolower(): ASCII letters only, also under `-e utf-8` (checked on SCTK 2.10).
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")

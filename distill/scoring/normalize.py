@@ -1,7 +1,8 @@
 """Text normalisation applied to references and hypotheses before scoring."""
+
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 __all__ = ["GIGASPEECH_NON_SCORING", "gigaspeech_normalize", "get_normalizer", "NORMALIZERS"]
 
@@ -26,7 +27,7 @@ def gigaspeech_normalize(text: str) -> str:
 NORMALIZERS: dict[str, Callable[[str], str]] = {"gigaspeech": gigaspeech_normalize}
 
 
-def get_normalizer(name: Optional[str]) -> Optional[Callable[[str], str]]:
+def get_normalizer(name: str | None) -> Callable[[str], str] | None:
     """The normaliser called ``name`` (``None``/``"none"`` -> no normalisation); unknown names raise."""
     if name is None or name == "none":
         return None

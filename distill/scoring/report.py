@@ -9,12 +9,14 @@ Per test set and decoding setting (``suffix``, e.g. ``epoch-30-avg-10-chunk-24``
   and ``PER-WORD STATS``; a final ``MISSING HYPOTHESES`` section lists ids that had no hypothesis;
 * ``wer-summary-<test>-<suffix>.txt``: ``settings\\tWER`` then ``<key>\\t<wer>`` lines, best first.
 """
+
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping, Optional, TextIO, Union
+from typing import TextIO
 
 from distill.data.textfile import iter_raw_lines
 
@@ -22,19 +24,23 @@ from .align import ascii_lower
 from .wer import Mode, Text, UttScore, format_wer, wer
 
 __all__ = [
-    "read_kaldi_text", "write_recogs", "write_errs", "write_wer_summary", "write_scoring_files",
+    "read_kaldi_text",
+    "write_recogs",
+    "write_errs",
+    "write_wer_summary",
+    "write_scoring_files",
     "per_utt_details",
 ]
 
 log = logging.getLogger(__name__)
-PathLike = Union[str, Path]
+PathLike = str | Path
 
 
 def read_kaldi_text(path: PathLike) -> dict[str, str]:
     """Read a Kaldi ``text`` file (``<utt-id> word word ...`` per line; an id alone is an empty text).
 
-    Blank lines are skipped and a UTF-8 byte-order mark at the start is removed. A line that is not UTF-8, or a repeated id, raises ValueError naming the
-    file, the line number and (where it can be read) the utterance id.
+    Blank lines are skipped and a UTF-8 byte-order mark at the start is removed. A line that is not UTF-8,
+    or a repeated id, raises ValueError naming the file, the line number and (where it can be read) the utterance id.
     """
     path = Path(path)
     out: dict[str, str] = {}
@@ -177,9 +183,9 @@ def write_scoring_files(
     refs: Mapping[str, Text],
     hyps: Mapping[str, Text],
     mode: Mode = "sclite",
-    normalize: Optional[str] = None,
-    case_sensitive: Optional[bool] = None,
-    key: Optional[str] = None,
+    normalize: str | None = None,
+    case_sensitive: bool | None = None,
+    key: str | None = None,
 ) -> dict:
     """Score and write ``recogs-``, ``errs-`` and ``wer-summary-<test_set>-<suffix>.txt`` in ``out_dir``.
 

@@ -3,12 +3,14 @@
 ``mode="sclite"`` (default) gives exactly sclite's counts (see :mod:`distill.scoring.align`);
 ``mode="levenshtein"`` gives Kaldi ``compute-wer``'s minimum number of errors.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import logging
 import math
-from typing import Literal, Mapping, Optional, Union
+from collections.abc import Mapping
+from typing import Literal
 
 from .align import Alignment, count_edits, levenshtein_align, sclite_align
 from .normalize import get_normalizer
@@ -18,7 +20,7 @@ __all__ = ["UttScore", "wer", "score_utterances", "summarize", "validate_refs", 
 log = logging.getLogger(__name__)
 
 Mode = Literal["sclite", "levenshtein"]
-Text = Union[str, bytes]
+Text = str | bytes
 
 
 @dataclasses.dataclass
@@ -61,7 +63,7 @@ def _name_some(ids: list[str], k: int = 5) -> str:
     return shown + (f" and {len(ids) - k} more" if len(ids) > k else "")
 
 
-def validate_refs(refs: Mapping[str, Text], normalize: Optional[str] = None) -> None:
+def validate_refs(refs: Mapping[str, Text], normalize: str | None = None) -> None:
     """Raise ValueError naming the utterances whose reference is not UTF-8 text or is empty.
 
     Emptiness is judged after ``normalize`` (a reference of only fillers is empty under
@@ -84,8 +86,8 @@ def score_utterances(
     refs: Mapping[str, Text],
     hyps: Mapping[str, Text],
     mode: Mode = "sclite",
-    normalize: Optional[str] = None,
-    case_sensitive: Optional[bool] = None,
+    normalize: str | None = None,
+    case_sensitive: bool | None = None,
 ) -> list[UttScore]:
     """Align every reference with its hypothesis; the result is sorted by utterance id.
 
@@ -155,8 +157,8 @@ def wer(
     refs: Mapping[str, Text],
     hyps: Mapping[str, Text],
     mode: Mode = "sclite",
-    normalize: Optional[str] = None,
-    case_sensitive: Optional[bool] = None,
+    normalize: str | None = None,
+    case_sensitive: bool | None = None,
     strict: bool = False,
 ) -> dict:
     """Word error rate of ``hyps`` against ``refs`` (both ``{utt_id: text}``; text is str or UTF-8 bytes).
@@ -178,7 +180,8 @@ def wer(
     if res["missing_hyps"]:
         log.warning(
             "%d utterance(s) have no hypothesis and are scored as all deletions: %s",
-            len(res["missing_hyps"]), _name_some(res["missing_hyps"]),
+            len(res["missing_hyps"]),
+            _name_some(res["missing_hyps"]),
         )
     res.update(
         mode=mode,

@@ -1,9 +1,11 @@
 """Averaging of model weights over several checkpoints (a cheap ensemble that usually lowers WER)."""
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -14,8 +16,9 @@ __all__ = ["average_state_dicts", "average_checkpoints"]
 log = logging.getLogger(__name__)
 
 
-def average_state_dicts(states: Sequence[dict[str, torch.Tensor]],
-                        names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+def average_state_dicts(
+    states: Sequence[dict[str, torch.Tensor]], names: Sequence[str] | None = None
+) -> dict[str, torch.Tensor]:
     """Element-wise mean of floating-point tensors (accumulated in float64, cast back).
 
     Integer/bool tensors (e.g. BatchNorm's ``num_batches_tracked``) are taken from the last state.
@@ -28,8 +31,7 @@ def average_state_dicts(states: Sequence[dict[str, torch.Tensor]],
     for st, name in zip(states[1:], names[1:]):
         if st.keys() != ref.keys():
             diff = sorted(set(st) ^ set(ref))
-            raise CheckpointError(f"cannot average: {name} and {names[0]} have different keys "
-                                  f"(e.g. '{diff[0]}')")
+            raise CheckpointError(f"cannot average: {name} and {names[0]} have different keys (e.g. '{diff[0]}')")
     out: dict[str, torch.Tensor] = {}
     for k, v0 in ref.items():
         if not v0.is_floating_point():
@@ -38,15 +40,18 @@ def average_state_dicts(states: Sequence[dict[str, torch.Tensor]],
         acc = torch.zeros(v0.shape, dtype=torch.float64)
         for st, name in zip(states, names):
             if st[k].shape != v0.shape:
-                raise CheckpointError(f"cannot average: key '{k}' has shape {tuple(st[k].shape)} in "
-                                      f"{name} but {tuple(v0.shape)} in {names[0]}")
+                raise CheckpointError(
+                    f"cannot average: key '{k}' has shape {tuple(st[k].shape)} in "
+                    f"{name} but {tuple(v0.shape)} in {names[0]}"
+                )
             acc += st[k].to(torch.float64)
         out[k] = (acc / len(states)).to(v0.dtype)
     return out
 
 
-def average_checkpoints(paths: Sequence[str | Path], out_path: str | Path | None = None,
-                        **meta: Any) -> dict[str, torch.Tensor]:
+def average_checkpoints(
+    paths: Sequence[str | Path], out_path: str | Path | None = None, **meta: Any
+) -> dict[str, torch.Tensor]:
     """Average the models of ``paths`` (model files or training checkpoints).
 
     When ``out_path`` is given the result is written there as a model file (atomically) with
@@ -59,6 +64,5 @@ def average_checkpoints(paths: Sequence[str | Path], out_path: str | Path | None
     avg = average_state_dicts(states, [str(p) for p in paths])
     if out_path is not None:
         save_model_file(avg, out_path, averaged_from=[p.name for p in paths], **meta)
-        log.info("averaged %d checkpoints (%s .. %s) into %s", len(paths), paths[0].name,
-                 paths[-1].name, out_path)
+        log.info("averaged %d checkpoints (%s .. %s) into %s", len(paths), paths[0].name, paths[-1].name, out_path)
     return avg

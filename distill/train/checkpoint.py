@@ -3,8 +3,9 @@
 * :func:`atomic_save` writes to a temporary file in the target directory, fsyncs it, renames it over
   the target with ``os.replace`` and fsyncs the directory: a reader sees the old file or the complete
   new one, never a partial one, whatever happens to the writer (SIGKILL, power loss, ENOSPC).
-* Checkpoints hold tensors and plain Python values only, so :func:`load` uses
-  ``torch.load(weights_only=True)`` (no arbitrary unpickling). RNG states are stored as tensors/lists.
+* Checkpoints hold tensors and plain Python values only, so :func:`load` reads them with
+  :func:`distill.safe_load.load` (``weights_only=True``: no arbitrary unpickling; failures raise its
+  :class:`~distill.safe_load.CheckpointError`, re-exported here). RNG states are stored as tensors/lists.
 * Full training checkpoints live in ``<exp_dir>/checkpoints/ckpt-<step>.pt``; the one written on a
   SIGTERM/SIGINT off the schedule is ``signal-<step>.pt`` there, outside the ``keep_last`` rotation and
   averaging, and removed once a later checkpoint supersedes it. :func:`latest_valid_checkpoint` returns
@@ -13,38 +14,55 @@
   ``DISTILL_TEST_KILL_IN_WRITE`` equals a file name (e.g. ``ckpt-00000004.pt``), the process writes half
   of that file's temporary copy and then SIGKILLs itself, as a crash in the middle of a write would.
 """
+
 from __future__ import annotations
 
 import errno
 import io
 import logging
 import os
-import pickle
 import random
 import re
 import signal
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["CheckpointError", "atomic_save", "load", "checkpoint_path", "list_checkpoints",
-           "signal_checkpoint_path", "list_signal_checkpoints", "remove_signal_checkpoints",
-           "resume_candidates", "latest_valid_checkpoint", "remove_stale_temp_files", "prune_checkpoints",
-           "rng_state", "set_rng_state", "save_model_file", "load_model_state", "CKPT_FORMAT", "MODEL_FORMAT"]
+from distill import safe_load
+from distill.safe_load import CKPT_FORMAT, MODEL_FORMAT, CheckpointError, load_error_detail, refused_global
+
+__all__ = [
+    "CheckpointError",
+    "atomic_save",
+    "load",
+    "checkpoint_path",
+    "list_checkpoints",
+    "signal_checkpoint_path",
+    "list_signal_checkpoints",
+    "remove_signal_checkpoints",
+    "resume_candidates",
+    "latest_valid_checkpoint",
+    "remove_stale_temp_files",
+    "prune_checkpoints",
+    "rng_state",
+    "set_rng_state",
+    "save_model_file",
+    "load_model_state",
+    "CKPT_FORMAT",
+    "MODEL_FORMAT",
+    # defined in distill.safe_load (the one loader of pickled files), importable from here as before
+    "load_error_detail",
+    "refused_global",
+]
 
 log = logging.getLogger(__name__)
 
-CKPT_FORMAT = "distill-train-checkpoint-v1"
-MODEL_FORMAT = "distill-model-v1"
 _CKPT_RE = re.compile(r"^ckpt-(\d+)\.pt$")
 _SIGNAL_RE = re.compile(r"^signal-(\d+)\.pt$")
 _TMP_MARK = ".tmp-"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint could not be written or read; the message names the file and the cause."""
 
 
 def _fsync_dir(d: Path) -> None:
@@ -79,10 +97,10 @@ def _write_half_and_die(obj: Any, f: Any) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _find_os_error(e: BaseException) -> Optional[OSError]:
+def _find_os_error(e: BaseException) -> OSError | None:
     """The OSError that caused ``e`` (torch may wrap the file object's error in a RuntimeError)."""
     seen = set()
-    cur: Optional[BaseException] = e
+    cur: BaseException | None = e
     while cur is not None and id(cur) not in seen:
         if isinstance(cur, OSError):
             return cur
@@ -118,42 +136,15 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
             raise
         what = "no space left on device" if oe.errno == errno.ENOSPC else (oe.strerror or str(oe))
         prev = "the previous file is intact" if path.exists() else "no previous file existed"
-        raise CheckpointError(f"could not write '{path}': {what} ({prev}; nothing partial was "
-                              "left behind)") from e
+        raise CheckpointError(f"could not write '{path}': {what} ({prev}; nothing partial was left behind)") from e
     _fsync_dir(path.parent)
     return path
-
-
-_REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
-
-
-def refused_global(e: BaseException) -> Optional[str]:
-    """The Python object ``torch.load(weights_only=True)`` refused to unpickle, when that is what failed."""
-    m = _REFUSED_GLOBAL.search(str(e)) if isinstance(e, pickle.UnpicklingError) else None
-    return m.group(1) if m else None
-
-
-def load_error_detail(e: BaseException) -> str:
-    """One line saying why a ``weights_only`` load failed (torch's own first line advises retrying
-    without ``weights_only``, which would run whatever code the file carries)."""
-    name = refused_global(e)
-    if name is not None:
-        return (f"it holds the Python object '{name}', which none of our files contains: refused without running "
-                "it (a foreign or tampered file; never load it with weights_only=False)")
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    return f"{type(e).__name__}: {lines[0] if lines else ''}"
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """Load a checkpoint/model file with ``weights_only=True``; :class:`CheckpointError` if unreadable."""
     path = Path(path)
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint '{path}' does not exist") from None
-    except Exception as e:  # truncated zip, bad pickle, disallowed global ...
-        what = "is refused" if refused_global(e) else "is unreadable (truncated or corrupt?)"
-        raise CheckpointError(f"checkpoint '{path}' {what}: {load_error_detail(e)}") from e
+    obj = safe_load.load(path, map_location, what="checkpoint")
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint '{path}' does not hold a dict (got {type(obj).__name__})")
     return obj
@@ -191,11 +182,13 @@ def list_signal_checkpoints(ckpt_dir: str | Path) -> list[tuple[int, Path]]:
     return _list(ckpt_dir, _SIGNAL_RE)
 
 
-def remove_signal_checkpoints(ckpt_dir: str | Path, upto_step: int, keep: Optional[Path] = None) -> list[Path]:
+def remove_signal_checkpoints(ckpt_dir: str | Path, upto_step: int, keep: Path | None = None) -> list[Path]:
     """Delete the signal checkpoints of steps ``<= upto_step`` (but ``keep``): a later checkpoint
     supersedes them. Returns the deleted paths."""
-    return _delete([p for s, p in list_signal_checkpoints(ckpt_dir) if s <= upto_step and p != keep],
-                   "superseded signal checkpoint")
+    return _delete(
+        [p for s, p in list_signal_checkpoints(ckpt_dir) if s <= upto_step and p != keep],
+        "superseded signal checkpoint",
+    )
 
 
 def _delete(paths: list[Path], what: str) -> list[Path]:
@@ -227,26 +220,30 @@ def remove_stale_temp_files(directory: str | Path) -> list[Path]:
 
 def resume_candidates(ckpt_dir: str | Path) -> list[tuple[int, Path]]:
     """Scheduled and signal checkpoints, oldest first; at equal steps the scheduled one counts as newer."""
-    tagged = [(s, 1, p) for s, p in list_checkpoints(ckpt_dir)] + \
-        [(s, 0, p) for s, p in list_signal_checkpoints(ckpt_dir)]
+    tagged = [(s, 1, p) for s, p in list_checkpoints(ckpt_dir)] + [
+        (s, 0, p) for s, p in list_signal_checkpoints(ckpt_dir)
+    ]
     return [(s, p) for s, _, p in sorted(tagged)]
 
 
-def latest_valid_checkpoint(ckpt_dir: str | Path) -> Optional[tuple[Path, dict]]:
+def latest_valid_checkpoint(ckpt_dir: str | Path) -> tuple[Path, dict] | None:
     """The newest checkpoint (scheduled or signal) that loads and has the expected format, with its content.
 
     Broken ones (truncated, corrupt, foreign) are skipped with a warning naming them; they are not
     deleted, so that a person can look at them.
     """
-    for step, p in reversed(resume_candidates(ckpt_dir)):
+    for _step, p in reversed(resume_candidates(ckpt_dir)):
         try:
             obj = load(p)
         except CheckpointError as e:
             log.warning("skipping %s; falling back to an older checkpoint", e)
             continue
         if obj.get("format") != CKPT_FORMAT:
-            log.warning("skipping '%s': not a training checkpoint (format=%r); falling back to an "
-                        "older checkpoint", p, obj.get("format"))
+            log.warning(
+                "skipping '%s': not a training checkpoint (format=%r); falling back to an older checkpoint",
+                p,
+                obj.get("format"),
+            )
             continue
         return p, obj
     return None
@@ -264,8 +261,13 @@ def rng_state() -> dict:
     np_state = np.random.get_state()
     state: dict[str, Any] = {
         "python": [py[0], list(py[1]), py[2]],
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
-                  int(np_state[3]), float(np_state[4])],
+        "numpy": [
+            np_state[0],
+            torch.from_numpy(np_state[1].astype(np.int64)),
+            int(np_state[2]),
+            int(np_state[3]),
+            float(np_state[4]),
+        ],
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -285,12 +287,16 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
         if len(cuda) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda)
         else:
-            log.warning("checkpoint has %d CUDA RNG states but %d devices are visible; CUDA RNG not "
-                        "restored", len(cuda), torch.cuda.device_count())
+            log.warning(
+                "checkpoint has %d CUDA RNG states but %d devices are visible; CUDA RNG not restored",
+                len(cuda),
+                torch.cuda.device_count(),
+            )
 
 
-def filter_state(state: Mapping[str, torch.Tensor], exclude: tuple[str, ...] = (),
-                 prefix: str = "") -> dict[str, torch.Tensor]:
+def filter_state(
+    state: Mapping[str, torch.Tensor], exclude: tuple[str, ...] = (), prefix: str = ""
+) -> dict[str, torch.Tensor]:
     """Keys not starting with any ``exclude`` prefix; when ``prefix`` is set, only keys under it, stripped."""
     out = {}
     for k, v in state.items():
@@ -299,7 +305,7 @@ def filter_state(state: Mapping[str, torch.Tensor], exclude: tuple[str, ...] = (
         if prefix:
             if not k.startswith(prefix):
                 continue
-            k = k[len(prefix):]
+            k = k[len(prefix) :]
         out[k] = v
     return out
 
@@ -315,6 +321,7 @@ def load_model_state(path: str | Path) -> dict[str, torch.Tensor]:
     """The model ``state_dict`` held by a model file or a full training checkpoint."""
     obj = load(path)
     if obj.get("format") not in (MODEL_FORMAT, CKPT_FORMAT) or "model" not in obj:
-        raise CheckpointError(f"'{path}' is neither a distill model file nor a training checkpoint "
-                              f"(format={obj.get('format')!r})")
+        raise CheckpointError(
+            f"'{path}' is neither a distill model file nor a training checkpoint (format={obj.get('format')!r})"
+        )
     return obj["model"]

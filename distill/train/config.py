@@ -3,11 +3,12 @@
 A stage's schema embeds :class:`TrainConfig` as a section, e.g. ``train: {max_steps: 20000, optim:
 {lr: 5e-5}}``, and overrides reach it with dotted keys (``train.optim.lr=3e-5``).
 """
+
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal
 
 from distill.config import ConfigError
 
@@ -45,7 +46,7 @@ class ScheduleConfig:
     warmup_steps: int = 0
     hold_steps: int = 0
     decay_steps: int = 0
-    phase_ratio: Optional[list[float]] = None
+    phase_ratio: list[float] | None = None
     init_lr_scale: float = 0.01
     final_lr_scale: float = 0.05
     decay: Literal["exponential", "linear"] = "exponential"
@@ -107,6 +108,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Check cross-field constraints; raises :class:`ConfigError` naming the key."""
+
         def bad(key: str, msg: str) -> None:
             raise ConfigError(f"train config: key '{key}': {msg}")
 
@@ -126,8 +128,11 @@ class TrainConfig:
         if self.keep_last < 1:
             bad("keep_last", f"must be >= 1, got {self.keep_last}")
         if self.average_last > self.keep_last:
-            bad("average_last", f"{self.average_last} > keep_last={self.keep_last}: the checkpoints to "
-                "average would already be deleted; raise keep_last")
+            bad(
+                "average_last",
+                f"{self.average_last} > keep_last={self.keep_last}: the checkpoints to "
+                "average would already be deleted; raise keep_last",
+            )
         if self.max_consecutive_nonfinite < 1:
             bad("max_consecutive_nonfinite", "must be >= 1")
         if self.optim.lr <= 0:

@@ -4,17 +4,30 @@
 :func:`init` reads them and joins the process group (NCCL on CUDA, gloo on CPU). Without those
 variables everything degrades to rank 0 of 1 and no process group is created.
 """
+
 from __future__ import annotations
 
 import datetime
 import os
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["init", "cleanup", "is_distributed", "get_rank", "get_world_size", "get_local_rank",
-           "is_main", "barrier", "all_reduce_sum", "broadcast_object", "gather_objects", "default_device"]
+__all__ = [
+    "init",
+    "cleanup",
+    "is_distributed",
+    "get_rank",
+    "get_world_size",
+    "get_local_rank",
+    "is_main",
+    "barrier",
+    "all_reduce_sum",
+    "broadcast_object",
+    "gather_objects",
+    "default_device",
+]
 
 
 def is_distributed() -> bool:
@@ -53,7 +66,7 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
-def init(backend: Optional[str] = None, timeout_s: float = 1800.0) -> tuple[int, int]:
+def init(backend: str | None = None, timeout_s: float = 1800.0) -> tuple[int, int]:
     """Join the process group described by the torchrun environment; returns ``(rank, world_size)``.
 
     A no-op (returning ``(0, 1)``) when ``WORLD_SIZE`` is unset or 1, or when already initialised.
@@ -66,14 +79,15 @@ def init(backend: Optional[str] = None, timeout_s: float = 1800.0) -> tuple[int,
         return dist.get_rank(), dist.get_world_size()
     missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
     if missing:
-        raise RuntimeError(f"WORLD_SIZE={world} but {', '.join(missing)} not set: launch with "
-                           "`torchrun --nproc-per-node N ...` (it sets them)")
+        raise RuntimeError(
+            f"WORLD_SIZE={world} but {', '.join(missing)} not set: launch with "
+            "`torchrun --nproc-per-node N ...` (it sets them)"
+        )
     if backend is None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(get_local_rank())
-    dist.init_process_group(backend=backend, init_method="env://",
-                            timeout=datetime.timedelta(seconds=timeout_s))
+    dist.init_process_group(backend=backend, init_method="env://", timeout=datetime.timedelta(seconds=timeout_s))
     return dist.get_rank(), dist.get_world_size()
 
 

@@ -5,6 +5,7 @@ SIGKILL), so a lock file left behind by a crashed run never blocks the next one.
 (DataLoader workers) would inherit the lock and keep it for a few seconds after their parent was
 killed; they close their copy right after the fork.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -13,7 +14,6 @@ import socket
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Optional
 
 __all__ = ["ExpDirLocked", "ExpDirLock"]
 
@@ -41,9 +41,9 @@ class ExpDirLock:
 
     def __init__(self, exp_dir: str | Path) -> None:
         self.path = Path(exp_dir) / ".lock"
-        self._fd: Optional[int] = None
+        self._fd: int | None = None
 
-    def acquire(self) -> "ExpDirLock":
+    def acquire(self) -> ExpDirLock:
         """Take the lock or raise :class:`ExpDirLocked` naming the holder."""
         if self._fd is not None:
             return self
@@ -56,7 +56,8 @@ class ExpDirLock:
             os.close(fd)
             raise ExpDirLocked(
                 f"experiment directory '{self.path.parent}' is in use by another run ({holder}); "
-                "wait for it to finish, stop it, or choose another exp_dir") from None
+                "wait for it to finish, stop it, or choose another exp_dir"
+            ) from None
         os.ftruncate(fd, 0)
         info = f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}"
         os.pwrite(fd, info.encode(), 0)
@@ -80,9 +81,8 @@ class ExpDirLock:
     def held(self) -> bool:
         return self._fd is not None
 
-    def __enter__(self) -> "ExpDirLock":
+    def __enter__(self) -> ExpDirLock:
         return self.acquire()
 
-    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
         self.release()

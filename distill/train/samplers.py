@@ -4,9 +4,10 @@ Resuming mid-epoch is the loader's job (:class:`distill.data.AsrDataLoader` coun
 hands out and replays the sampler on resume), so a sampler only has to make its order a function of
 ``(seed, epoch)``.
 """
+
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
@@ -20,8 +21,9 @@ class IndexBatchSampler:
     trailing batches that cannot be shared evenly among ranks.
     """
 
-    def __init__(self, n: int, batch_size: int, *, shuffle: bool = True, seed: int = 0,
-                 rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self, n: int, batch_size: int, *, shuffle: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1
+    ) -> None:
         if n <= 0 or batch_size <= 0:
             raise ValueError(f"IndexBatchSampler: n={n} and batch_size={batch_size} must be > 0")
         self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
@@ -34,9 +36,9 @@ class IndexBatchSampler:
             order = torch.randperm(self.n, generator=g).tolist()
         else:
             order = list(range(self.n))
-        allb = [order[i:i + self.batch_size] for i in range(0, self.n, self.batch_size)]
+        allb = [order[i : i + self.batch_size] for i in range(0, self.n, self.batch_size)]
         usable = len(allb) // self.world_size * self.world_size
-        return allb[self.rank:usable:self.world_size]
+        return allb[self.rank : usable : self.world_size]
 
     def __len__(self) -> int:
         return len(self._batches())

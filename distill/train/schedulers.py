@@ -7,10 +7,11 @@ so it can be checkpointed and loaded with ``torch.load(weights_only=True)``.
 
 New schedules register with ``@register_schedule("name")``.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -28,11 +29,13 @@ SCHEDULES: dict[str, ScheduleFactory] = {}
 
 def register_schedule(name: str) -> Callable[[ScheduleFactory], ScheduleFactory]:
     """Decorator adding ``factory(cfg, total_steps) -> factor(u)`` to :data:`SCHEDULES`."""
+
     def deco(fn: ScheduleFactory) -> ScheduleFactory:
         if name in SCHEDULES:
             raise ValueError(f"schedule '{name}' is already registered")
         SCHEDULES[name] = fn
         return fn
+
     return deco
 
 
@@ -43,8 +46,10 @@ def _warmup(u: int, warmup: int, start: float = 0.0) -> float:
 
 def _need_total(cfg: ScheduleConfig, total: int) -> int:
     if total <= 0:
-        raise ConfigError(f"schedule '{cfg.name}' needs the total number of updates: set "
-                          "train.max_steps or train.schedule.total_steps")
+        raise ConfigError(
+            f"schedule '{cfg.name}' needs the total number of updates: set "
+            "train.max_steps or train.schedule.total_steps"
+        )
     return total
 
 
@@ -72,6 +77,7 @@ def _tri_stage(cfg: ScheduleConfig, total: int) -> Factor:
         if cfg.decay == "exponential":
             return math.exp(math.log(final) * frac)
         return 1.0 - (1.0 - final) * frac
+
     return factor
 
 
@@ -91,6 +97,7 @@ def _warmup_then_decay(cfg: ScheduleConfig, total: int, shape: Callable[[float],
             return _warmup(u, warm)
         frac = min(1.0, (u - warm) / max(1, total - warm))
         return final + (1.0 - final) * shape(frac)
+
     return factor
 
 
@@ -113,14 +120,16 @@ def _constant(cfg: ScheduleConfig, total: int) -> Factor:
 def schedule_factor(cfg: ScheduleConfig, total_steps: int = 0) -> Factor:
     """The factor function ``u -> lr / peak_lr`` of ``cfg`` (``u`` = 1-based update index)."""
     if cfg.name not in SCHEDULES:
-        raise ConfigError(f"train config: key 'schedule.name': unknown schedule '{cfg.name}' "
-                          f"(known: {', '.join(sorted(SCHEDULES))})")
+        raise ConfigError(
+            f"train config: key 'schedule.name': unknown schedule '{cfg.name}' (known: {', '.join(sorted(SCHEDULES))})"
+        )
     total = cfg.total_steps or total_steps
     return SCHEDULES[cfg.name](cfg, total)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig,
-                    total_steps: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, total_steps: int = 0
+) -> torch.optim.lr_scheduler.LambdaLR:
     """A LambdaLR whose ``last_epoch`` counts applied updates; call ``.step()`` after each update.
 
     LambdaLR evaluates its lambda at ``last_epoch`` (0 before the first update), hence the shift to

@@ -3,8 +3,8 @@
 #   ./run.sh --corpus-dir /data/LibriSpeech-root          (a directory holding LibriSpeech/<part>/...)
 #   ./run.sh --download true --corpus-dir download        (lhotse's downloader; needs internet)
 # Parts are set in conf/data.yaml (or --parts "train-clean-100 dev-clean test-clean").
-# Stages: 0 data | 1 lang | 2 denominator graph | 3 teacher | 4 stage-1 distillation
-#         5 stage-2 (streaming) distillation | 6 decode + score
+# Stages: 0 data (here) | 1 lang | 2 denominator graph | 3 teacher | 4 stage-1 distillation
+#         5 stage-2 (streaming) distillation | 6 decode + score  (../TEMPLATE/stages.sh)
 set -euo pipefail
 run_dir=$PWD           # where run.sh was started: relative paths given as options are taken from here
 cd "$(dirname "$0")"
@@ -37,45 +37,4 @@ if [ $stage -le 0 ] && [ $stop_stage -ge 0 ] && stage_begin 0 "data" data/manife
   stage_end
 fi
 
-if [ $stage -le 1 ] && [ $stop_stage -ge 1 ] && stage_begin 1 "lang" data/lang "$(conf lang)" data/manifests/.done.stage0; then
-  python -m distill.bin.prepare_lang --config "$(conf lang)" manifest_dir=data/manifests lang_dir=data/lang
-  stage_end
-fi
-
-if [ $stage -le 2 ] && [ $stop_stage -ge 2 ] && stage_begin 2 "denominator graph" data/lang "$(conf den)" data/lang/.done.stage1; then
-  python -m distill.bin.build_den_graph --config "$(conf den)" lang_dir=data/lang
-  stage_end
-fi
-
-if [ $stage -le 3 ] && [ $stop_stage -ge 3 ] && stage_begin 3 "teacher" exp/teacher "$(conf teacher)" data/lang/.done.stage2 "$teacher_model"; then
-  teacher_override=()
-  if [ -n "$teacher_model" ]; then teacher_override=("model.path=$teacher_model"); fi
-  launch distill.bin.train --config "$(conf teacher)" device="$device" "${teacher_override[@]}"
-  stage_end
-fi
-
-if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
-  for c in $stage1_configs; do   # the DistillW2V2 student, then the baselines (labels only, frame KL, ...)
-    if stage_begin 4 "stage-1 distillation: $c" "exp/$c" "$(conf "$c")" exp/teacher/.done.stage3; then
-      launch distill.bin.train --config "$(conf "$c")" device="$device"
-      stage_end
-    fi
-  done
-fi
-
-if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
-  for c in $stage2_configs; do   # the streaming student (from exp/stage1), then its labels-only baseline
-    if stage_begin 5 "stage-2 (streaming) distillation: $c" "exp/$c" "$(conf "$c")" exp/stage1/.done.stage4; then
-      launch distill.bin.train --config "$(conf "$c")" device="$device"
-      stage_end
-    fi
-  done
-fi
-
-if [ $stage -le 6 ] && [ $stop_stage -ge 6 ] && stage_begin 6 "decode + score" exp/decode \
-    "$(conf decode_graph)" "$(conf decode)" exp/*/.done.stage[345]; then
-  python -m distill.bin.build_decode_graph --config "$(conf decode_graph)" lang_dir=data/lang out_dir=data/lang_test
-  python -m distill.bin.decode --config "$(conf decode)" device="$device" nj="$nj"
-  stage_end
-fi
-log "done (stages $stage..$stop_stage)"
+. ../TEMPLATE/stages.sh   # stages 1-6, shared by every recipe
