@@ -27,7 +27,7 @@ install_requires = [
 
 extras_require = {
     "dev": ["pytest>=8", "pytest-timeout", "ruff==0.17.6"],  # ruff pinned: its formatting changes between versions
-    "onnx": ["onnx", "onnxruntime"],
+    "onnx": ["onnx", "onnxruntime", "sherpa-onnx"],
     "hf": ["transformers>=4.40"],
 }
 extras_require["all"] = sorted({d for v in extras_require.values() for d in v})

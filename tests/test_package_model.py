@@ -61,6 +61,8 @@ def made(tmp_path_factory):
             str(test),
             "--test-set",
             "demo-test",
+            "--dtype",
+            "float16",
             "--command",
             "python -m distill.bin.train --config conf/x.yaml",
         ]
@@ -80,7 +82,9 @@ def test_package_is_a_loadable_fp16_hf_directory(made):
         "card.json",
         "README.md",
     } <= {p.name for p in out.iterdir()}
-    assert json.loads((out / "config.json").read_text())["torch_dtype"] == "float16"
+    # stored in float16, declared float32: transformers (dtype="auto") and load_pretrained compute in float32
+    assert json.loads((out / "config.json").read_text())["dtype"] == "float32"
+    assert json.loads((out / "card.json").read_text())["dtype"] == "float16"
     full = (tmp / "exp" / "model" / "model.safetensors").stat().st_size
     assert (out / "model.safetensors").stat().st_size < 0.55 * full
     back = load_pretrained(out)

@@ -35,6 +35,7 @@ BLOCKS = (
     + [f"Stage 4 (stage-1 distillation: {c})" for c in STAGE1]
     + [f"Stage 5 (stage-2 (streaming) distillation: {c})" for c in STAGE2]
     + ["Stage 6 (decode + score)"]
+    + [f"Stage 7 (export: {m})" for m in ("stage1", "stage2")]
 )
 MAX_SECONDS = 300  # measured ~130 s on 2 loaded CPU cores; a blow-up (e.g. thread oversubscription) fails
 
@@ -132,6 +133,19 @@ def test_results_complete_and_consistent(chain, tmp_path):
     assert (d / "exp" / "training_curves.png").read_bytes().startswith(PNG_MAGIC)
     md = (d / "exp" / "RESULTS.md").read_text()
     assert "not trained" not in md and "## Streaming: measured compute and latency" in md
+
+
+def test_export_bundles(chain):
+    """Stage 7: both final students exported with their tokens, graph, card and ONNX metadata; the streaming
+    student also as a streaming chunk model, the full-context one not."""
+    exp = chain[0] / "exp" / "export"
+    for m, streaming in (("stage1", False), ("stage2", True)):
+        out = exp / m
+        for f in ("offline.onnx", "offline.int8.onnx", "tokens.txt", "HLG.fst", "words.txt", "README.md"):
+            assert (out / f).is_file() and (out / f).stat().st_size > 0, f"{out / f} missing"
+        assert (out / "streaming.onnx").is_file() == streaming
+        info = json.loads((out / "export.json").read_text())
+        assert info, f"{out / 'export.json'} is empty"
 
 
 def test_rerun_skips_every_stage(chain):

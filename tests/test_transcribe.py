@@ -54,6 +54,8 @@ def setup(tmp_path_factory):
     except ImportError:
         from distill.models.checkpoint import save_pretrained
     save_pretrained(model, tmp / "model")
+    torch.manual_seed(0)  # the same architecture trained for streaming: 16-frame chunks, causal positions
+    save_pretrained(W2V2Model(cfg.replace(chunk_frames=16, causal_pos_conv=True)).eval(), tmp / "smodel")
     return tmp, lang, tok
 
 
@@ -133,16 +135,16 @@ def test_transcribe_graphs_and_streaming(setup, capsys):
     assert rc == 0 and len(lines) == 3
     lat = tmp / "lat.json"
     short = sorted(CLIPS, key=lambda c: c.stat().st_size)[:2]
-    base = ["--model", tmp / "model", "--lang-dir", lang, *short]
-    rc, lines, err = run_cli(
-        capsys, [*base, "--streaming", "--chunk-frames", 16, "--piece-ms", 100, "--latency-json", lat]
-    )
+    base = ["--model", tmp / "smodel", "--lang-dir", lang, *short]
+    rc, lines, err = run_cli(capsys, [*base, "--streaming", "--piece-ms", 100, "--latency-json", lat])
     assert rc == 0, err
     assert [ln.split()[0] for ln in lines] == [c.stem for c in short]
     rep = json.loads(lat.read_text())
-    assert set(rep["utts"]) == {c.stem for c in short} and rep["summary"]["chunk_ms"] == 320
+    assert set(rep["utts"]) == {c.stem for c in short} and rep["summary"]["chunk_ms"] == 320  # the model's chunk
     rc, lines, err = run_cli(capsys, [*base, "--streaming", "--graph", out_dir / "HLG.fst"])
     assert rc == 0 and len(lines) == 2
+    rc, lines, err = run_cli(capsys, [*base, "--streaming", "--chunk-frames", 8, "--latency-json", lat])
+    assert rc == 0 and len(lines) == 2 and json.loads(lat.read_text())["summary"]["chunk_ms"] == 160
 
 
 def test_transcribe_clear_errors(setup, capsys, tmp_path):
@@ -183,6 +185,63 @@ def test_cli_entry_point(setup, tmp_path):
     assert p.returncode == 0, p.stderr
     assert p.stdout.splitlines()[0].split()[0] == "short_one"
     assert "transcribed 1 utterances, skipped 0" in p.stderr
+
+
+def test_help_shows_every_default(capsys):
+    ap = transcribe.build_parser()
+    for a in ap._actions:
+        if a.option_strings and a.dest != "help":
+            assert "default" in a.help or "required" in a.help, f"{a.option_strings[0]}: {a.help!r}"
+    with pytest.raises(SystemExit):
+        ap.parse_args(["--help"])
+    h = " ".join(capsys.readouterr().out.split())
+    for text in ("(default: 7000)", "(default: 16)", "(default: 4)", "(default: the model's own)", '"start"'):
+        assert text in h, text
+
+
+@needs_clips
+def test_timestamps_and_partial_results(setup, capsys):
+    tmp, lang, _ = setup
+    base = ["--model", tmp / "smodel", "--lang-dir", lang, *CLIPS[:2], "--streaming"]
+    rc, plain, err = run_cli(capsys, base)
+    assert rc == 0 and "[partial]" not in err
+    rc, lines, err = run_cli(capsys, [*base, "--timestamps", "--partial"])
+    assert rc == 0, err
+    rows = [json.loads(ln) for ln in lines]  # one JSON object per utterance
+    assert [f"{r['utt']} {r['text']}".rstrip() for r in rows] == plain  # the same text as without the options
+    for row, clip in zip(rows, CLIPS):
+        duration = sf.info(clip).duration
+        assert " ".join(w["word"] for w in row["words"]) == row["text"]
+        end = 0.0
+        for w in row["words"]:
+            assert end <= w["start"] < w["end"] <= duration
+            end = w["end"]
+        mark = f"{row['utt']} [partial] "
+        partials = [ln[len(mark) :] for ln in err.splitlines() if ln.startswith(mark)]
+        assert partials  # greedy partial results only grow, and grow into the final text
+        seq = [*partials, row["text"]]
+        assert all(b.startswith(a) for a, b in zip(seq, seq[1:]))
+        assert all(a != b for a, b in zip(partials, partials[1:]))
+    rc, lines, err = run_cli(capsys, ["--model", tmp / "model", "--lang-dir", lang, CLIPS[0], "--timestamps"])
+    assert rc == 0 and set(json.loads(lines[0])) == {"utt", "text", "words"}
+
+
+def test_streaming_needs_a_streaming_model(setup, capsys, tmp_path):
+    tmp, lang, _ = setup
+    wav = tmp_path / "x.wav"
+    sf.write(wav, np.zeros(8000, np.float32), 16000)
+    rc, lines, err = run_cli(capsys, ["--model", tmp / "model", "--lang-dir", lang, wav, "--streaming"])
+    assert rc == 2 and lines == []
+    assert err.strip() == (
+        f"error: model '{tmp / 'model'}' was not trained for streaming: it is a full-context model "
+        "(chunk_frames 0 in its config); transcribe it whole (no --streaming), or use a streaming student (stage 5)"
+    )
+    with pytest.raises(SystemExit) as e:
+        transcribe.main(["--model", str(tmp / "smodel"), str(wav), "--partial"])
+    assert e.value.code == 2 and "--partial needs --streaming" in capsys.readouterr().err
+    # without --lang-dir, a model directory without tokens.txt: say what to pass
+    rc, _, err = run_cli(capsys, ["--model", tmp / "model", wav])
+    assert rc == 2 and "pass --lang-dir" in err and "tokens.txt" in err and "stage 1" not in err
 
 
 # ------------------------------------------------------------------------------------------------ audio

@@ -5,11 +5,15 @@ record and a measured test WER.
         --train-dir exp/teacher_scratch --out demo-teacher --dtype float16 \\
         --test-dir download/demo/kaldi/test --command "python -m distill.bin.train --config ..."
 
-The output directory holds ``config.json`` + ``model.safetensors`` (``--dtype``; float16 halves the
-size, loading casts back to float32), ``bpe.model``/``tokens.txt`` of the lang dir (so
+The output directory holds ``config.json`` + ``model.safetensors`` (``--dtype``: float32 by default;
+float16 halves the size, loading casts back to float32), ``bpe.model``/``tokens.txt`` of the lang dir (so
 ``distill.bin.transcribe --model OUT`` needs nothing else), ``train.yaml``, ``train_log.jsonl`` and
 ``train.log`` from ``--train-dir``, ``card.json`` (parameters, size, dtype, the command, training
 time and updates, greedy test WER) and a ``README.md`` that states the same numbers.
+
+The package is a plain transformers model (``pipeline("automatic-speech-recognition", model=OUT)``
+gives the text of ``transcribe``; the tokenizer files and the input scaling are written for that). A
+streaming student is refused (transformers would run it full-context): use ``distill.bin.export``.
 
 The WER is measured on the *packaged* weights through the user's path: ``distill.bin.transcribe`` (greedy
 CTC) on ``<test-dir>/wav.scp``, scored with :func:`distill.scoring.wer` against ``<test-dir>/text``.
@@ -35,7 +39,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--model", required=True, type=Path, help="trained model directory (HF format)")
     ap.add_argument("--out", required=True, type=Path, help="package directory (replaced)")
     ap.add_argument("--lang-dir", required=True, type=Path, help="lang dir of the model's tokens")
-    ap.add_argument("--dtype", default="float16", choices=DTYPES)
+    ap.add_argument(
+        "--dtype",
+        default="float32",
+        choices=DTYPES,
+        help="storage type of the weights (float16 halves the size; loading casts back to float32) [%(default)s]",
+    )
     ap.add_argument("--train-dir", type=Path, help="the training exp dir (config and logs are copied)")
     ap.add_argument("--test-dir", type=Path, help="Kaldi test dir (wav.scp, text) to measure the greedy WER")
     ap.add_argument("--test-set", default="", help="name of the test set in the card")

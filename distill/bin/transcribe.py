@@ -1,27 +1,18 @@
 """Transcribe audio files with any wav2vec 2.0 CTC model; prints ``utt-id text`` lines on stdout.
 
-    python -m distill.bin.transcribe --model exp/student --lang-dir data/lang a.wav b.flac
-    python -m distill.bin.transcribe --model teacher_hf/ --lang-dir data/lang --wav-scp data/test/wav.scp \\
-        [--graph data/lang_test/HLG.fst] [--streaming --chunk-frames 24 --piece-ms 40]
+    python -m distill.bin.transcribe --model exp/student a.wav b.flac            # tokens from the model dir
+    python -m distill.bin.transcribe --model teacher_hf/ --lang-dir data/lang --wav-scp wav.scp \\
+        [--graph data/lang_test/HLG.fst] [--timestamps] [--streaming --partial --piece-ms 40]
 
-Input: audio paths as arguments and/or ``--file-list`` (one path a line; the id is the file name
-without extension), or a Kaldi ``--wav-scp`` (``utt-id path`` or ``utt-id cmd |``). Audio at other
-rates is resampled to 16 kHz, multi-channel audio is averaged to mono. An utterance that cannot be read
-or decoded (for any reason) is reported on stderr, naming it, and skipped; the others go on and the
-summary on stderr counts them (exit status 1 only when nothing could be transcribed). Audio shorter than
-one frame (25 ms) gives an empty line and a warning. A recording longer than ``--max-whole-seconds`` is
-read in blocks and decoded in bounded memory (:mod:`distill.decode.long_audio`): streamed by a streaming
-model (or with ``--streaming``), in overlapping windows by an offline model.
-
-Model: a Hugging Face wav2vec 2.0 directory (``config.json`` + weights, e.g. one written by training
-or ``distill.models.save_pretrained``) or a fairseq ``.pt``. ``--lang-dir`` gives the tokens
-(``bpe.model`` or ``tokens.txt``); by default those the model directory carries (training and
-``distill.bin.package_model`` write them). A model directory that carries tokens other than the
-``--lang-dir``'s is refused.
-Decoding: greedy CTC (default), or WFST one-best over ``--graph`` (a token graph or an HLG built by
-``distill.bin.build_decode_graph``). ``--streaming`` runs the chunk-wise recogniser and, with
-``--latency-json``, writes per-utterance latencies (defined in docs/decoding.md).
-The work is :func:`distill.decode.transcribe.transcribe`.
+Input: audio paths, ``--file-list`` (one path a line; the id is the file name without extension) or a
+Kaldi ``--wav-scp`` (``utt-id path`` or ``utt-id cmd |``), resampled to 16 kHz mono. A bad utterance is
+reported on stderr and skipped (exit status 1 only when nothing could be transcribed); a recording longer
+than ``--max-whole-seconds`` is decoded in bounded memory. Model: an HF wav2vec 2.0 directory (its
+``tokens.txt`` gives the tokens unless ``--lang-dir``) or a fairseq ``.pt``. Greedy CTC, or WFST one-best
+over ``--graph``. ``--streaming`` (a streaming model only; exit status 2 otherwise) runs the chunk-wise
+recogniser, ``--partial`` shows partial results on stderr, ``--timestamps`` prints JSON lines with word
+times (format in ``--help``). Details: docs/decoding.md; the work is
+:func:`distill.decode.transcribe.transcribe`.
 """
 
 from __future__ import annotations
@@ -33,71 +24,56 @@ from collections.abc import Sequence
 
 from distill.decode.transcribe import TranscribeOptions, transcribe
 
-log = logging.getLogger("distill.bin.transcribe")
-
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m distill.bin.transcribe",
         description="Transcribe audio with a wav2vec 2.0 CTC model (utt-id text on stdout).",
+        epilog="--timestamps prints one JSON line per utterance instead of 'utt-id text': "
+        '{"utt": ID, "text": TEXT, "words": [{"word": W, "start": SECONDS, "end": SECONDS}, ...]} '
+        "(times from the CTC frames, 20 ms apart). --partial prints 'utt-id [partial] text' lines on stderr "
+        "whenever --streaming's text changes; the final lines on stdout stay as they are.",
     )
     d = TranscribeOptions(model="")  # the defaults
     ap.add_argument("audio", nargs="*", help="audio files (the utterance id is the file name without extension)")
-    ap.add_argument("--file-list", help="a file with one audio path per line")
-    ap.add_argument("--wav-scp", help="Kaldi wav.scp: 'utt-id path' or 'utt-id command |' lines")
-    ap.add_argument(
-        "--pipe-timeout",
-        type=float,
-        default=d.pipe_timeout,
-        metavar="SECONDS",
-        help="kill a wav.scp 'command |' (and its child processes) that runs longer than this and "
-        "skip its utterance (default: %(default)g)",
-    )
-    ap.add_argument("--model", required=True, help="HF model directory or fairseq .pt checkpoint")
-    ap.add_argument("--lang-dir", help="lang dir with bpe.model or tokens.txt (default: the model directory)")
-    ap.add_argument("--graph", help="decode with this WFST (token graph or HLG.fst) instead of greedy")
-    ap.add_argument("--words", help="word table of --graph (default: from the graph's sidecar / directory)")
-    ap.add_argument("--beam", type=float, default=d.beam)
-    ap.add_argument("--max-active", type=int, default=d.max_active)
-    ap.add_argument("--min-active", type=int, default=d.min_active)
-    ap.add_argument("--acoustic-scale", type=float, default=d.acoustic_scale)
-    ap.add_argument("--nj", type=int, default=d.nj, help="WFST decoding processes (non-streaming)")
-    ap.add_argument("--batch-size", type=int, default=d.batch_size, help="utterances per forward pass (non-streaming)")
-    ap.add_argument("--streaming", action="store_true", help="chunk-wise streaming recognition")
-    ap.add_argument(
-        "--chunk-frames", type=int, default=d.chunk_frames, help="streaming chunk in 20 ms frames (24 = 480 ms)"
-    )
-    ap.add_argument(
-        "--left-chunks", type=int, default=d.left_chunks, help="streaming left context in chunks (default all)"
-    )
-    ap.add_argument("--piece-ms", type=float, default=d.piece_ms, help="streaming: audio piece size fed per call")
-    ap.add_argument("--latency-json", help="streaming: write per-utterance latencies and a summary here")
-    ap.add_argument(
-        "--max-whole-seconds",
-        type=float,
-        default=d.max_whole_seconds,
-        metavar="SECONDS",
-        help="a longer recording is read in blocks and decoded in bounded memory: streamed by a "
-        "streaming model (left context bounded to this many seconds unless --left-chunks), "
-        "in overlapping windows by an offline model (default: %(default)g)",
-    )
-    ap.add_argument(
-        "--window-seconds",
-        type=float,
-        default=d.window_seconds,
-        metavar="SECONDS",
-        help="offline model, long recording: window length (default: %(default)g)",
-    )
-    ap.add_argument(
-        "--window-overlap-seconds",
-        type=float,
-        default=d.window_overlap_seconds,
-        metavar="SECONDS",
-        help="offline model, long recording: overlap of consecutive windows, half of it kept as "
-        "context on each side (default: %(default)g)",
-    )
-    ap.add_argument("--device", default=d.device)
-    ap.add_argument("--num-threads", type=int, default=d.num_threads, help="torch CPU threads (0 = torch default)")
+    ap.add_argument("--model", required=True, help="HF model directory or fairseq .pt checkpoint (required)")
+    for flag, help_ in (
+        ("--file-list", "a file with one audio path per line (default: none)"),
+        ("--wav-scp", "Kaldi wav.scp: 'utt-id path' or 'utt-id command |' lines (default: none)"),
+        ("--lang-dir", "lang dir with tokens.txt (and bpe.model) (default: the tokens the model directory carries)"),
+        ("--graph", "decode with this WFST (token graph or HLG.fst) instead of greedy (default: greedy CTC)"),
+        ("--words", "word table of --graph (default: from the graph's sidecar / directory)"),
+        ("--latency-json", "streaming: write per-utterance latencies and a summary here (default: none)"),
+    ):
+        ap.add_argument(flag, help=help_)
+    for flag, kind, help_ in (
+        ("--pipe-timeout", float, "kill a wav.scp 'command |' (and its children) running longer, skip it"),
+        ("--beam", float, "WFST beam"),
+        ("--max-active", int, "WFST max active states"),
+        ("--min-active", int, "WFST min active states"),
+        ("--acoustic-scale", float, "WFST acoustic scale"),
+        ("--nj", int, "WFST decoding processes (non-streaming)"),
+        ("--batch-size", int, "utterances per forward pass (non-streaming)"),
+        ("--piece-ms", float, "streaming: audio fed per call, in ms"),
+        ("--max-whole-seconds", float, "longer recordings: read in blocks, streamed (streaming model) or windowed"),
+        ("--window-seconds", float, "offline model, long recording: window length"),
+        ("--window-overlap-seconds", float, "offline model, long recording: overlap of consecutive windows"),
+        ("--num-threads", int, "torch CPU threads, 0 = torch's choice"),
+    ):
+        default = getattr(d, flag[2:].replace("-", "_"))
+        ap.add_argument(flag, type=kind, default=default, help=f"{help_} (default: %(default)g)")
+    for flag, help_ in (
+        ("--chunk-frames", "streaming chunk in 20 ms frames, 24 = 480 ms (default: the model's own)"),
+        ("--left-chunks", "streaming left context in chunks (default: the model's own)"),
+    ):
+        ap.add_argument(flag, type=int, default=None, help=help_)
+    for flag, help_ in (
+        ("--timestamps", "print a JSON line with word start/end times per utterance instead of 'utt-id text'"),
+        ("--streaming", "chunk-wise streaming recognition; only for a model trained for streaming"),
+        ("--partial", "with --streaming: print 'utt-id [partial] text' on stderr as the audio is consumed"),
+    ):
+        ap.add_argument(flag, action="store_true", help=f"{help_} (default: off)")
+    ap.add_argument("--device", default=d.device, help="torch device (default: %(default)s)")
     return ap
 
 
@@ -106,8 +82,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if not (args.audio or args.file_list or args.wav_scp):
         ap.error("give audio files, --file-list or --wav-scp")
-    if args.batch_size < 1 or args.nj < 1 or args.chunk_frames < 1 or args.piece_ms <= 0:
+    if args.batch_size < 1 or args.nj < 1 or (args.chunk_frames or 1) < 1 or args.piece_ms <= 0:
         ap.error("--batch-size, --nj, --chunk-frames and --piece-ms must be positive")
+    if args.partial and not args.streaming:
+        ap.error("--partial needs --streaming")
     opts = TranscribeOptions(**vars(args))
     try:
         opts.long_audio()

@@ -32,7 +32,7 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -60,6 +60,7 @@ class StreamResult:
     compute_seconds: float
     finalize_latency: float
     num_steps: int
+    frame_labels: list[int] = dataclasses.field(default_factory=list)  # the token read at each frame (blank 0)
 
     @property
     def latencies(self) -> list[float]:
@@ -103,11 +104,13 @@ def stream_decode(
     piece_ms: float = 40.0,
     sample_rate: int = 16000,
     frame_timing: tuple[float, float] | None = None,
+    on_partial: Callable[[list[int]], None] | None = None,
 ) -> StreamResult:
     """Decode ``samples`` (1-D, 16 kHz) through ``recognizer`` piece by piece; see the module docstring.
 
     ``decoder``: ``"greedy"`` or a :class:`~distill.decode.wfst.WfstDecoder`. ``frame_timing``:
-    (hop, window) of an output frame in seconds, by default from ``recognizer.cfg``.
+    (hop, window) of an output frame in seconds, by default from ``recognizer.cfg``. ``on_partial`` is
+    called with the partial hypothesis whenever a piece changes it (outside the timed steps).
     """
     x = np.asarray(samples.detach().cpu().numpy() if hasattr(samples, "detach") else samples, dtype=np.float32)
     if x.ndim != 1:
@@ -125,6 +128,7 @@ def stream_decode(
     ws = None if greedy else decoder.stream()
 
     last: list[int] = []
+    labels: list[int] = []  # greedy: the best token of each frame
 
     def step(scores: Any) -> list[int]:
         nonlocal last
@@ -132,6 +136,7 @@ def stream_decode(
             return last  # nothing new: the partial result cannot have changed
         if greedy:
             gs.accept(scores)  # type: ignore[union-attr]
+            labels.extend(scores.detach().argmax(dim=-1).cpu().tolist())
             last = list(gs.tokens)  # type: ignore[union-attr]
         else:
             ws.accept(scores)  # type: ignore[union-attr]
@@ -150,6 +155,8 @@ def stream_decode(
         compute += dt
         clock = max(clock, end / sample_rate) + dt
         history.append((clock, hyp))
+        if on_partial is not None and hyp != (history[-2][1] if len(history) > 1 else []):
+            on_partial(hyp)
     t0 = time.perf_counter()
     tail = recognizer.finalize()
     if greedy:
@@ -159,7 +166,7 @@ def stream_decode(
         if tail is not None and len(tail):
             ws.accept(tail)  # type: ignore[union-attr]
         res = ws.finalize()  # type: ignore[union-attr]
-        final, frames = res.symbols, res.symbol_frames
+        final, frames, labels = res.symbols, res.symbol_frames, res.frame_labels
     dt = time.perf_counter() - t0
     compute += dt
     audio_s = n / sample_rate
@@ -178,7 +185,9 @@ def stream_decode(
             k += 1
         emit.append(history[k][0])
     spoken = [f * hop_s + win_s for f in frames]
-    return StreamResult(final, list(frames), emit, spoken, audio_s, compute, clock - audio_s, len(history))
+    return StreamResult(
+        final, list(frames), emit, spoken, audio_s, compute, clock - audio_s, len(history), list(labels)
+    )
 
 
 def summarize_latencies(results: Sequence[StreamResult]) -> dict[str, Any]:

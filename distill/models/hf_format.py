@@ -4,12 +4,18 @@ A directory holds ``config.json`` (:func:`config_from_hf` / :func:`config_to_hf`
 its ``"distill"`` key), the weights as ``model.safetensors`` or ``pytorch_model.bin`` (sharded or not, with
 their ``*.index.json``) and optionally ``preprocessor_config.json`` (whether inputs are normalised per
 utterance). What :func:`save_pretrained` writes, ``transformers.Wav2Vec2ForCTC`` loads.
+
+For plain transformers (:mod:`distill.models.package`): :func:`hf_incompatibility` says why HF would
+compute something else than this model (streaming students), :func:`fold_fixed_wave_norm` moves the
+"fixed" input scaling into the first convolution, and :func:`write_hf_tokenizer` writes the token
+files (``tokenizer.json`` & co.) whose decoding reproduces :meth:`distill.data.Tokenizer.decode`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +24,22 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from distill.data.tokenizer import BLANK, SOS_EOS, UNK, WORD_BOUNDARY
 from distill.safe_load import CheckpointError, load_with_config_stubs
 
 from .config import W2V2Config
 from .state_dicts import HF_PRETRAIN_ONLY, hf_to_ours, load_state_dict_into, ours_to_hf_key
 from .wav2vec2 import W2V2Model
 
-__all__ = ["load_hf_dir", "save_pretrained", "config_from_hf", "config_to_hf"]
+__all__ = [
+    "load_hf_dir",
+    "save_pretrained",
+    "config_from_hf",
+    "config_to_hf",
+    "fold_fixed_wave_norm",
+    "hf_incompatibility",
+    "write_hf_tokenizer",
+]
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +111,13 @@ def config_from_hf(d: dict, source: str) -> W2V2Config:
 
 
 def config_to_hf(cfg: W2V2Config, dtype: torch.dtype = torch.float32) -> dict:
-    """The HF ``config.json`` dict of ``cfg`` (our own settings under ``"distill"``)."""
+    """The HF ``config.json`` dict of ``cfg`` (our own settings under ``"distill"``).
+
+    ``dtype`` is the storage type of the weights; the config always says ``"dtype": "float32"``, the
+    type the model computes in: transformers (>= 5 loads with ``dtype="auto"``, i.e. the config's
+    type) then loads float16-stored weights as float32, as :func:`load_hf_dir` does, instead of
+    silently running in half precision. Pass ``dtype=torch.float16`` to ``from_pretrained`` for that."""
+    del dtype  # the storage type is the safetensors' own; see the docstring
     d = {
         "architectures": ["Wav2Vec2ForCTC"],
         "model_type": "wav2vec2",
@@ -105,7 +126,7 @@ def config_to_hf(cfg: W2V2Config, dtype: torch.dtype = torch.float32) -> dict:
         "mask_feature_prob": 0.0,
         "pad_token_id": 0,
         "ctc_loss_reduction": "sum",
-        "torch_dtype": str(dtype).replace("torch.", ""),
+        "dtype": "float32",
     }
     for k in _HF_DEFAULTS:
         v = getattr(cfg, k)
@@ -227,7 +248,7 @@ def save_pretrained(model: W2V2Model, directory: str | Path, dtype: torch.dtype 
     save_file(sd, str(out / "model.safetensors"), metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(config_to_hf(model.config, dtype), indent=2) + "\n")
     # transformers' Wav2Vec2Processor reads the input scaling from here; "fixed" scaling it does not
-    # know (the model's config.json has it under "distill")
+    # know (the model's config.json has it under "distill"; fold_fixed_wave_norm moves it into the CNN)
     pre = {
         "feature_extractor_type": "Wav2Vec2FeatureExtractor",
         "feature_size": 1,
@@ -239,3 +260,118 @@ def save_pretrained(model: W2V2Model, directory: str | Path, dtype: torch.dtype 
     }
     (out / "preprocessor_config.json").write_text(json.dumps(pre, indent=2) + "\n")
     return out
+
+
+def hf_incompatibility(cfg: W2V2Config) -> list[str]:
+    """Why ``transformers.Wav2Vec2ForCTC`` would compute something else than a model of ``cfg`` (empty
+    when it computes the same): the parts of a streaming student that transformers does not have."""
+    why = []
+    if cfg.frontend != "cnn":
+        why.append(f"it has a {cfg.frontend} front-end (transformers has only the waveform CNN)")
+    if cfg.chunk_frames > 0:
+        left = "all" if cfg.left_chunks is None else str(cfg.left_chunks)
+        why.append(
+            f"it attends in chunks of {cfg.chunk_frames} frames with {left} left chunks "
+            "(transformers attends to the whole utterance)"
+        )
+    if cfg.causal_pos_conv:
+        why.append("its positional convolution is causal (transformers' is centred)")
+    if cfg.wave_norm == "running":
+        why.append(
+            "it scales its input by running statistics (wave_norm 'running'; transformers' feature "
+            "extractor knows only per-utterance normalisation)"
+        )
+    return why
+
+
+def fold_fixed_wave_norm(model: W2V2Model) -> W2V2Model:
+    """A float32 copy of ``model`` computing the same function with ``wave_norm`` "none" when it is
+    "fixed": ``conv(x - m) / s`` is ``conv`` with weights ``w / s`` and bias ``b - (m / s) * sum(w)``
+    (exact in real arithmetic, also on zero padding). HF's ``conv_bias`` holds for every CNN layer, so
+    layers without a bias get zero ones. Other models are returned as they are."""
+    cfg = model.config
+    if cfg.wave_norm != "fixed":
+        return model
+    sd = {k: v.detach().float().clone() for k, v in model.state_dict().items()}
+    new_cfg = cfg.replace(wave_norm="none", wave_mean=0.0, wave_std=1.0, conv_bias=True)
+    pre = "feature_extractor.conv_layers.{}.conv."
+    for i, c in enumerate(cfg.conv_dim):
+        sd.setdefault(pre.format(i) + "bias", torch.zeros(c))
+    w = sd[pre.format(0) + "weight"].double()  # [C, 1, K]
+    b = sd[pre.format(0) + "bias"].double()
+    sd[pre.format(0) + "weight"] = (w / cfg.wave_std).float()
+    sd[pre.format(0) + "bias"] = (b - (cfg.wave_mean / cfg.wave_std) * w.sum(dim=(1, 2))).float()
+    out = W2V2Model(new_cfg)
+    out.load_state_dict(sd)
+    return out.eval()
+
+
+def _hf_decoder() -> dict[str, Any]:
+    """``tokenizers`` decoder chain = :meth:`distill.data.Tokenizer.decode` after CTC collapse: merge
+    repeats, drop blanks, drop ``<sos/eos>``, ``▁`` → space, join, one space per run, no edge spaces."""
+
+    def rep(pattern: dict[str, str], content: str) -> dict[str, Any]:
+        return {"type": "Replace", "pattern": pattern, "content": content}
+
+    return {
+        "type": "Sequence",
+        "decoders": [
+            {"type": "CTC", "pad_token": BLANK, "word_delimiter_token": WORD_BOUNDARY, "cleanup": False},
+            rep({"String": SOS_EOS}, ""),
+            rep({"String": WORD_BOUNDARY}, " "),
+            {"type": "Fuse"},
+            rep({"Regex": "\\s+"}, " "),
+            rep({"Regex": "^ | $"}, ""),
+        ],
+    }
+
+
+def write_hf_tokenizer(pieces: Sequence[str], out: Path) -> list[str]:
+    """Token files with which ``AutoTokenizer``/``Wav2Vec2Processor``/``pipeline`` decode the model's
+    CTC output (argmax ids per frame) to exactly our text; returns the file names written.
+
+    ``tokenizer.json`` is a ``tokenizers`` WordLevel vocabulary (id = our token id: ``<blk>`` 0 is the
+    CTC blank and pad token) with a decoder chain (:func:`_hf_decoder`) that reproduces our decoding
+    for characters and for BPE pieces alike; ``Wav2Vec2CTCTokenizer`` cannot: it does not replace a
+    ``▁`` inside a piece (``▁HE``), keeps ``<sos/eos>`` and keeps runs of spaces (``▁``, blank, ``▁``).
+    ``vocab.json`` (with ``word_delimiter_token`` ``▁`` in ``tokenizer_config.json``) is there for code
+    that builds a ``Wav2Vec2CTCTokenizer`` explicitly; for character units it differs only in those
+    two cases. Decoding only: the files do not encode text into pieces."""
+    if tuple(pieces[:3]) != (BLANK, SOS_EOS, UNK):
+        raise ValueError(f"the first tokens must be {BLANK}, {SOS_EOS}, {UNK}, got {tuple(pieces[:3])}")
+    vocab = {p: i for i, p in enumerate(pieces)}
+    if len(vocab) != len(pieces):
+        raise ValueError("the token inventory lists a token twice")
+    special = [
+        {"id": i, "content": p, "single_word": False, "lstrip": False, "rstrip": False}
+        | {"normalized": False, "special": True}
+        for i, p in enumerate(pieces[:3])
+    ]
+    tok = {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": special,
+        "normalizer": None,
+        "pre_tokenizer": None,
+        "post_processor": None,
+        "decoder": _hf_decoder(),
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": UNK},
+    }
+    specials = {"pad_token": BLANK, "unk_token": UNK, "bos_token": SOS_EOS, "eos_token": SOS_EOS}
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": 1_000_000,
+        "word_delimiter_token": WORD_BOUNDARY,
+        **specials,
+    }
+    files = {
+        "tokenizer.json": tok,
+        "tokenizer_config.json": config,
+        "special_tokens_map.json": specials,
+        "vocab.json": vocab,
+    }
+    for name, obj in files.items():
+        (out / name).write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return list(files)

@@ -1,11 +1,21 @@
 """Package a trained model for shipping: a Hugging Face wav2vec 2.0 directory with its tokens, training
 record and a measured test WER (what ``python -m distill.bin.package_model`` runs).
 
-The output directory holds ``config.json`` + ``model.safetensors`` (``dtype``; float16 halves the
-size, loading casts back to float32), ``bpe.model``/``tokens.txt`` of the lang dir (so
-``distill.bin.transcribe --model OUT`` needs nothing else), ``train.yaml``, ``train_log.jsonl`` and
-``train.log`` from the training dir, ``card.json`` (parameters, size, dtype, the command, training
-time and updates, greedy test WER) and a ``README.md`` that states the same numbers.
+The output directory holds ``config.json`` + ``model.safetensors`` (``dtype``: float32 by default;
+float16 halves the size, and both this toolkit and transformers load it back as float32),
+``bpe.model``/``tokens.txt`` of the lang dir (so ``distill.bin.transcribe --model OUT`` needs nothing
+else), ``train.yaml``, ``train_log.jsonl`` and ``train.log`` from the training dir, ``card.json``
+(parameters, size, dtype, input scaling, the command, training time and updates, greedy test WER) and
+a ``README.md`` that states the same numbers.
+
+The package is a plain transformers model: ``pipeline("automatic-speech-recognition", model=OUT)`` and
+``Wav2Vec2Processor`` + ``Wav2Vec2ForCTC`` give the greedy text of ``transcribe``. For that, the
+tokenizer files (:func:`~distill.models.hf_format.write_hf_tokenizer`) decode as we do, and the input
+scaling is one HF applies: "utterance" is the feature extractor's ``do_normalize`` (same formula and
+epsilon), "fixed" is folded into the first convolution (:func:`~distill.models.hf_format.fold_fixed_wave_norm`).
+A streaming student (chunked attention, causal positional convolution, "running" scaling, Fbank
+front-end) is refused: transformers would run it full-context, with another output; ship it with
+``python -m distill.bin.export`` (ONNX) instead.
 
 The WER is measured on the *packaged* weights through the user's path: the ``distill.bin.transcribe``
 command (greedy CTC, run as a subprocess) on ``<test-dir>/wav.scp``, scored with
@@ -28,6 +38,7 @@ from distill.scoring import wer
 from distill.scoring.report import read_kaldi_text
 
 from .checkpoint import load_pretrained, save_pretrained
+from .hf_format import fold_fixed_wave_norm, hf_incompatibility, write_hf_tokenizer
 
 __all__ = ["DTYPES", "TRAIN_FILES", "PackageError", "greedy_test_wer", "package"]
 
@@ -94,6 +105,15 @@ def _train_summary(train_dir: Path) -> dict[str, Any]:
     return {"updates": max(r["step"] for r in train), "train_hours": round(seconds / 3600, 2)}
 
 
+def _input_scaling(cfg: Any) -> str:
+    """How the package's input scaling reaches transformers, for the card."""
+    if cfg.wave_norm == "fixed":
+        return f"fixed (x - {cfg.wave_mean:.6g}) / {cfg.wave_std:.6g}, folded into the first convolution"
+    if cfg.wave_norm == "utterance":
+        return "per utterance (preprocessor_config.json do_normalize: true)"
+    return "none"
+
+
 def _readme(card: dict[str, Any]) -> str:
     w = card.get("test_wer")
     wer_line = (
@@ -109,7 +129,16 @@ def _readme(card: dict[str, Any]) -> str:
         "",
         f"- wav2vec 2.0 CTC model in Hugging Face format: `config.json` + `model.safetensors` ({card['dtype']}, "
         f"{card['size_mb']:.1f} MB), {card['params']:,} parameters; tokens: {', '.join(card['token_files'])}",
+        f"- input: 16 kHz mono waveform; scaling: {card['input_scaling']}",
         wer_line,
+        "",
+        "In transformers (greedy CTC, the same text as `python -m distill.bin.transcribe --model <dir>`):",
+        "",
+        "```python",
+        "from transformers import pipeline",
+        'asr = pipeline("automatic-speech-recognition", model="<dir>")',
+        'print(asr("audio.wav")["text"])',
+        "```",
     ]
     if card.get("training"):
         t = card["training"]
@@ -125,7 +154,7 @@ def package(
     model: Path,
     out: Path,
     lang_dir: Path,
-    dtype: str = "float16",
+    dtype: str = "float32",
     train_dir: Path | None = None,
     test_dir: Path | None = None,
     command: str = "",
@@ -140,6 +169,13 @@ def package(
     if not tokens:
         raise PackageError(f"lang dir '{lang_dir}' has neither {' nor '.join(TOKEN_FILES)}")
     m = load_pretrained(model)
+    why = hf_incompatibility(m.config)
+    if why:
+        raise PackageError(
+            f"'{model}' is a streaming model: {'; '.join(why)}. transformers' Wav2Vec2ForCTC would run it "
+            "full-context and give another output, so it is not packaged as one; export it for streaming "
+            "with python -m distill.bin.export (ONNX, state in/state out)"
+        )
     check_same_tokens(
         model, "model", lang_dir, "lang dir", a_size=m.config.vocab_size, b_size=Tokenizer.load(lang_dir).vocab_size
     )
@@ -148,8 +184,10 @@ def package(
     final, out = out, out.with_name(out.name + ".partial")  # `final` appears only when complete
     if out.exists():
         shutil.rmtree(out)
-    save_pretrained(m, out, dtype=getattr(torch, dtype))
+    scaling = _input_scaling(m.config)
+    save_pretrained(fold_fixed_wave_norm(m), out, dtype=getattr(torch, dtype))
     copy_token_files(lang_dir, out)
+    write_hf_tokenizer(Tokenizer.load(lang_dir).pieces, out)
     if train_dir is not None:
         for f in TRAIN_FILES:
             if (train_dir / f).is_file():
@@ -159,6 +197,7 @@ def package(
         "description": description,
         "params": sum(p.numel() for p in m.parameters()),
         "dtype": dtype,
+        "input_scaling": scaling,
         "size_mb": round((out / "model.safetensors").stat().st_size / 2**20, 2),
         "token_files": tokens,
         "command": command,

@@ -1,8 +1,8 @@
-# Stages 1-6 of every DistillW2V2 recipe, written once. egs/<corpus>/run.sh declares its options, sources
+# Stages 1-7 of every DistillW2V2 recipe, written once. egs/<corpus>/run.sh declares its options, sources
 # utils/parse_options.sh, path.sh and utils/stage.sh, runs its corpus-specific stage 0 (data/manifests),
 # then sources this file:
 #   1 lang | 2 denominator graph | 3 teacher | 4 stage-1 distillation | 5 stage-2 (streaming) distillation
-#   6 decode + score
+#   6 decode + score | 7 export (ONNX, sherpa-onnx, tokens, HLG, model card: exp/export/<model>, docs/deploy.md)
 # It reads the recipe's stage, stop_stage, nj, device, stage1_configs, stage2_configs, conf_dir (through
 # `conf`) and nproc (through `launch`); and, where the recipe declares them, teacher_model (a checkpoint
 # that replaces the teacher config's model.path) and teacher_init (pretrained: conf/teacher.yaml |
@@ -52,5 +52,19 @@ if [ $stage -le 6 ] && [ $stop_stage -ge 6 ] && stage_begin 6 "decode + score" e
   python -m distill.bin.build_decode_graph --config "$(conf decode_graph)" lang_dir=data/lang out_dir=data/lang_test
   python -m distill.bin.decode --config "$(conf decode)" device="$device" nj="$nj"
   stage_end
+fi
+
+if [ $stage -le 7 ] && [ $stop_stage -ge 7 ]; then
+  for m in stage1 stage2; do   # the student and the streaming student, as they ship
+    if [ ! -f "exp/$m/model/config.json" ]; then log "Stage 7 (export): exp/$m/model not trained; skipped"; continue; fi
+    export_args=()   # the HLG graph and the WERs of stage 6, when it ran
+    if [ -f data/lang_test/HLG.fst ]; then export_args+=(--graph-dir data/lang_test); fi
+    if [ -f exp/decode/results.json ]; then export_args+=(--results exp/decode/results.json); fi
+    if stage_begin 7 "export: $m" "exp/export/$m" exp/$m/.done.stage[45] exp/decode/.done.stage6 "${export_args[*]}"; then
+      python -m distill.bin.export --model "exp/$m/model" --lang-dir data/lang --out "exp/export/$m" \
+        --name "distillw2v2-$m" "${export_args[@]}"
+      stage_end
+    fi
+  done
 fi
 log "done (stages $stage..$stop_stage)"

@@ -3,13 +3,13 @@
 #   ./run.sh --corpus-dir /data/GigaSpeech        (a release: GigaSpeech.json + audio/**.opus)
 # Subsets (XS/S/M/L/XL, DEV, TEST) are set in conf/data.yaml (or --subsets "XS DEV TEST").
 # Stages: 0 data (here) | 1 lang | 2 denominator graph | 3 teacher | 4 stage-1 distillation
-#         5 stage-2 (streaming) distillation | 6 decode + score  (../TEMPLATE/stages.sh)
+#         5 stage-2 (streaming) distillation | 6 decode + score | 7 export  (../TEMPLATE/stages.sh)
 set -euo pipefail
 run_dir=$PWD           # where run.sh was started: relative paths given as options are taken from here
 cd "$(dirname "$0")"
 
 stage=0
-stop_stage=6
+stop_stage=7
 force=false            # redo stages even when their done-marker is there
 nj=4                   # parallel jobs for data preparation
 device=cpu             # cpu or cuda
@@ -35,4 +35,4 @@ if [ $stage -le 0 ] && [ $stop_stage -ge 0 ] && stage_begin 0 "data" data/manife
   stage_end
 fi
 
-. ../TEMPLATE/stages.sh   # stages 1-6, shared by every recipe
+. ../TEMPLATE/stages.sh   # stages 1-7, shared by every recipe
