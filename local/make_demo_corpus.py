@@ -48,7 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -443,6 +443,37 @@ def split_variants(seed: int) -> dict[str, list[str]]:
     return out
 
 
+def _draw_settings(
+    rng: random.Random,
+    entries: Sequence[tuple[str, str, int]],
+    pool: Sequence[str],
+    grids: dict[str, tuple[tuple, tuple]],
+    used: set[tuple],
+    what: str,
+) -> Iterator[tuple]:
+    """Synthesiser settings ``(engine, accent, variant, pitch, rate)`` for ``entries`` of a size spec, in order:
+    espeak-ng variants taken round-robin from ``pool``, accents and pitch/rate drawn from ``grids``, none in
+    ``used`` (each drawn one is added to it)."""
+    n_espeak = 0
+    for engine, voice, count in entries:
+        for _ in range(count):
+            for _attempt in range(1000):
+                if engine == "espeak-ng":
+                    accent, variant = rng.choice(ESPEAK_ACCENTS), pool[n_espeak % len(pool)]
+                    grid = grids["espeak-ng"]
+                else:
+                    accent, variant = voice, ""
+                    grid = grids["hts" if voice.endswith("_hts") else "diphone"]
+                setting = (engine, accent, variant, rng.choice(grid[0]), rng.choice(grid[1]))
+                if setting not in used:
+                    break
+            else:
+                raise CorpusError(f"cannot find an unused {engine} {voice} setting for {what}")
+            used.add(setting)
+            n_espeak += engine == "espeak-ng"
+            yield setting
+
+
 def make_speakers(spec: SizeSpec, seed: int) -> list[Speaker]:
     """All speakers, numbered 1001... in split order; no (engine, voice, variant, pitch, rate) twice."""
     rng = random.Random(f"speakers-{seed}")
@@ -452,24 +483,8 @@ def make_speakers(spec: SizeSpec, seed: int) -> list[Speaker]:
     for split in SPLITS:
         pool = list(variants[split])
         rng.shuffle(pool)
-        n_espeak = 0
-        for engine, voice, count in spec.speakers[split]:
-            for _ in range(count):
-                for _attempt in range(1000):
-                    if engine == "espeak-ng":
-                        accent, variant = rng.choice(ESPEAK_ACCENTS), pool[n_espeak % len(pool)]
-                        grid = PITCH_RATE_GRID["espeak-ng"]
-                    else:
-                        accent, variant = voice, ""
-                        grid = PITCH_RATE_GRID["hts" if voice.endswith("_hts") else "diphone"]
-                    setting = (engine, accent, variant, rng.choice(grid[0]), rng.choice(grid[1]))
-                    if setting not in used:
-                        break
-                else:
-                    raise CorpusError(f"cannot find an unused {engine} {voice} setting for {split}")
-                used.add(setting)
-                n_espeak += engine == "espeak-ng"
-                speakers.append(Speaker(str(1001 + len(speakers)), split, *setting))
+        for setting in _draw_settings(rng, spec.speakers[split], pool, PITCH_RATE_GRID, used, split):
+            speakers.append(Speaker(str(1001 + len(speakers)), split, *setting))
     return speakers
 
 
@@ -512,24 +527,8 @@ def extra_speakers(spec: SizeSpec, seed: int, base: Sequence[Speaker]) -> list[S
     used = {s.setting for s in base}
     first = 1 + max(int(s.spk) for s in base)
     out: list[Speaker] = []
-    n_espeak = 0
-    for engine, voice, count in spec.speakers["train"]:
-        for _ in range(count):
-            for _attempt in range(1000):
-                if engine == "espeak-ng":
-                    accent, variant = rng.choice(ESPEAK_ACCENTS), pool[n_espeak % len(pool)]
-                    grid = LARGE_GRID["espeak-ng"]
-                else:
-                    accent, variant = voice, ""
-                    grid = LARGE_GRID["hts" if voice.endswith("_hts") else "diphone"]
-                setting = (engine, accent, variant, rng.choice(grid[0]), rng.choice(grid[1]))
-                if setting not in used:
-                    break
-            else:
-                raise CorpusError(f"cannot find an unused {engine} {voice} setting for the extra train speakers")
-            used.add(setting)
-            n_espeak += engine == "espeak-ng"
-            out.append(Speaker(str(first + len(out)), "train", *setting))
+    for setting in _draw_settings(rng, spec.speakers["train"], pool, LARGE_GRID, used, "the extra train speakers"):
+        out.append(Speaker(str(first + len(out)), "train", *setting))
     return out
 
 
