@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from distill.decode import plots
 from distill.decode.report import plot_training_curves, read_train_log, results_markdown, write_results
 
 MODELS = [
@@ -89,3 +90,173 @@ def test_bad_inputs(tmp_path):
         plot_training_curves({"x": tmp_path / "nolog.jsonl"}, tmp_path / "c.png")
     md = results_markdown([], expected=["teacher"])
     assert "No WER results yet." in md
+
+
+def _stage6_rows() -> list[dict]:
+    """Rows as stage 6 writes them: the streaming model at its own chunk (row ``streaming``) and at
+    240/960/1920 ms and full context (row ``streaming-chunk``), its int8 form, three offline models."""
+
+    def row(name, path, lat, wer, form="fp32", size=2.2):
+        return {
+            "name": name,
+            "params": 6e5,
+            "size_mb": size,
+            "rtf": 0.01,
+            "latency_ms": lat,
+            "wer": {"test": wer},
+            "status": "ok",
+            "path": path,
+            "form": form,
+            "primary_method": "hlg",
+        }
+
+    s2 = "exp/stage2/model"
+    return [
+        row("teacher", "exp/teacher/model", None, 23.8, size=20.9),
+        row("student", "exp/stage1/model", None, 44.8),
+        row("student-int8", "exp/stage1/model", None, 44.4, form="int8", size=1.3),
+        row("streaming", s2, 480, 54.1),
+        row("streaming-chunk-240ms", s2, 240, 58.0),
+        row("streaming-chunk-960ms", s2, 960, 51.0),
+        row("streaming-chunk-1920ms", s2, 1920, 49.5),
+        row("streaming-chunk-full", s2, None, 47.0),
+        row("streaming-int8", s2, 480, 54.3, form="int8", size=1.3),
+        {"name": "student-fbank", "wer": {}, "status": "not trained", "path": "exp/stage1_fbank/model"},
+    ]
+
+
+def test_latency_curve_rows_table_and_plot(tmp_path):
+    rows = _stage6_rows()
+    curves, offline = plots.latency_curves(rows)
+    assert {k: [r["name"] for r in v] for k, v in curves.items()} == {
+        "streaming": [
+            "streaming-chunk-240ms",
+            "streaming",
+            "streaming-chunk-960ms",
+            "streaming-chunk-1920ms",
+            "streaming-chunk-full",
+        ],
+        "streaming-int8": ["streaming-int8"],
+    }
+    assert [m["name"] for m in offline] == ["teacher", "student", "student-int8"]
+
+    paths = write_results(rows, tmp_path, teacher="teacher", expected=[r["name"] for r in rows])
+    data = {m["name"]: m for m in json.loads(paths["json"].read_text())}
+    assert [m["name"] for m in data.values()] == [r["name"] for r in rows]  # results.json: rows as given
+
+    md = paths["markdown"].read_text()
+    head = md.split("## WER vs latency\n", 1)[1].split("\n## ", 1)[0]
+    assert "| model | test set | 240 ms | 480 ms | 960 ms | 1920 ms | full context |" in head
+    assert _row(md, "WER vs latency", "streaming (streaming)") == [
+        "streaming (streaming)",
+        "test",
+        "58.00",
+        "54.10",
+        "51.00",
+        "49.50",
+        "47.00",
+    ]
+    assert _row(md, "WER vs latency", "streaming-int8 (streaming)")[2:] == ["", "54.30", "", "", ""]
+    assert _row(md, "WER vs latency", "teacher (offline)")[2:] == ["", "", "", "", "23.80"]
+    # the full-context variant is a row of the main table too, without a latency
+    assert _row(md, "test", "streaming-chunk-full")[4] == "-"
+
+    p = paths["wer_vs_latency_test"]
+    assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    fig = plots.latency_figure(rows, "test")
+    ax = fig.axes[0]
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    # two streaming models, and fp32 offline models only as horizontal reference lines
+    assert set(lines) == {"streaming", "streaming-int8", "teacher (offline)", "student (offline)"}
+    xs, ys = lines["streaming"].get_data()
+    assert list(ys) == [58.0, 54.1, 51.0, 49.5, 47.0] and list(xs[:4]) == [240, 480, 960, 1920] and xs[4] > 1920
+    assert lines["streaming"].get_linestyle() == "-" and lines["streaming-int8"].get_linestyle() == "None"
+    assert set(lines["teacher (offline)"].get_ydata()) == {23.8}
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["240", "480", "960", "1920", "full"]
+    assert "hlg" in ax.get_ylabel()
+
+
+def test_size_plot_tells_kinds_apart(tmp_path):
+    rows = _stage6_rows()
+    fig = plots.size_figure(rows, "test", teacher="teacher")
+    ax = fig.axes[0]
+    pts = {ln.get_label().split(": ", 1)[1]: ln for ln in ax.get_lines()}
+    # one point per offline model, one per streaming model (at its trained chunk), numbered in the legend
+    assert sorted(pts) == [
+        "streaming (streaming, 480 ms)",
+        "streaming-int8 (streaming, 480 ms, int8)",
+        "student (offline)",
+        "student-int8 (offline, int8)",
+        "teacher (teacher)",
+    ]
+    assert pts["teacher (teacher)"].get_marker() == "*"
+    assert pts["streaming (streaming, 480 ms)"].get_marker() == "^"
+    assert pts["student (offline)"].get_marker() == "o"
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert [lb.split(":")[0] for lb in labels] == ["1", "2", "3", "4", "5"]
+    # the numbers next to the points do not sit on each other: streaming-int8 and student-int8 share a point
+    offsets = [(a.xy, a.xyann) for a in ax.texts]
+    assert len(offsets) == 5 and len({(xy, ann) for xy, ann in offsets}) == 5
+    same = [ann for xy, ann in offsets if xy == (1.3, 44.4) or xy == (1.3, 54.3)]
+    assert len(same) == 2
+    assert ax.get_xscale() == "log"
+    p = write_results(rows, tmp_path, teacher="teacher")["wer_vs_size_test"]
+    assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _log_records(valid_steps: list[int]) -> list[dict]:
+    recs = [
+        {"type": "train", "step": s, "loss": 3.0 / s, "hid": 1.0 / s, "kl": 2.0 / s, "lr": 1e-3, "num": 9}
+        for s in range(1, 21)
+    ]
+    recs += [
+        {"type": "valid", "step": s, "loss": 2.0 / s, "loss_hid": 0.5 / s, "loss_kl": 1.0 / s, "wer": 90.0 - s}
+        for s in valid_steps
+    ]
+    return recs
+
+
+def test_training_curves_panel_per_loss_term_and_dev_wer(tmp_path):
+    runs = {"stage1": _log_records([5, 10, 20]), "teacher": _log_records([20])}
+    runs["teacher"] = [{k: v for k, v in r.items() if k not in ("hid", "loss_hid")} for r in runs["teacher"]]
+    fig = plots.training_figure(runs)
+    shown = [ax for ax in fig.axes if ax.get_visible()]
+    titles = [ax.get_title() for ax in shown]
+    # stage1: its two loss terms on their own axes, the total, dev WER; teacher: one term (no total), dev WER
+    assert titles == [
+        "stage1: hidden-state MSE",
+        "stage1: frame KL",
+        "stage1: total loss",
+        "stage1: dev WER (greedy)",
+        "teacher: frame KL",
+        "teacher: dev WER (greedy)",
+    ]
+    wer3, wer1 = shown[3].get_lines()[0], shown[5].get_lines()[0]
+    assert list(wer3.get_xdata()) == [5, 10, 20] and wer3.get_linestyle() == "-"
+    assert list(wer1.get_xdata()) == [20] and wer1.get_linestyle() == "None" and wer1.get_marker() == "o"
+    assert "greedy" in wer3.get_label()
+    kl = {ln.get_label(): ln for ln in shown[1].get_lines()}
+    assert set(kl) == {"train", "dev"} and len(kl["train"].get_xdata()) == 20
+    assert list(kl["dev"].get_xdata()) == [5, 10, 20] and list(kl["dev"].get_ydata()) == [0.2, 0.1, 0.05]
+    assert [ax.get_title() for ax in plots.training_figure(runs, keys=["kl"]).axes if ax.get_visible()][:2] == [
+        "stage1: frame KL",
+        "stage1: dev WER (greedy)",
+    ]
+    log = tmp_path / "train_log.jsonl"
+    log.write_text("".join(json.dumps(r) + "\n" for r in runs["stage1"]))
+    p = plot_training_curves({"stage1": log}, tmp_path / "c.png")
+    assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plots.training_figure({"x": [{"type": "train", "step": 1, "lr": 0.1}]}) is None
+
+
+def test_stage_report_reads_train_and_valid_records(tmp_path):
+    from distill.decode.stage_report import training_curves
+
+    log = tmp_path / "stage1" / "train_log.jsonl"
+    log.parent.mkdir()
+    recs = _log_records([10, 20]) + [{"type": "valid", "step": 21, "loss": float("nan"), "wer": 50.0}]
+    log.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    runs = training_curves(tmp_path)
+    assert list(runs) == ["stage1"] and len(runs["stage1"]) == 23
+    assert runs["stage1"][-1] == {"type": "valid", "step": 21, "wer": 50.0}  # the NaN loss is left out
+    assert [r["wer"] for r in runs["stage1"] if r["type"] == "valid"] == [80.0, 70.0, 50.0]

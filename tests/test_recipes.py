@@ -315,7 +315,7 @@ def check_results(
         for key in ("size_mb", "rtf"):
             assert isinstance(r[key], float) and math.isfinite(r[key]) and r[key] > 0, (name, key, r[key])
         streaming = "streaming" in name
-        if streaming:
+        if streaming and chunk != 0:  # chunk 0: the streaming model at full context
             assert r["latency_ms"] == 20 * (chunk or own_chunk), (name, r["latency_ms"])
         else:
             assert r["latency_ms"] is None, name
@@ -408,7 +408,8 @@ def test_tiny_configs_cover_the_default_run(name, tmp_path, monkeypatch):
             assert "denominator graph" in str(e), e
     decode = read_config(tiny / "decode.yaml")
     paths = {m["path"].split("/")[1] for m in decode["models"]}
-    assert paths <= set(train), f"conf/tiny/decode.yaml decodes models no tiny config trains: {paths - set(train)}"
+    trainable = set(train) | {p.stem for p in tiny.glob("stage*.yaml")}  # + opt-in ones (inhouse: frame KL)
+    assert paths <= trainable, f"conf/tiny/decode.yaml decodes models no tiny config trains: {paths - trainable}"
     assert decode["num_threads"] == 1 and decode["max_utts"] <= 50
 
 

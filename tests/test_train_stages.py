@@ -325,6 +325,64 @@ def test_dynamic_chunk_draws_from_the_list(env):
     assert student.config.chunk_frames == 8
 
 
+def test_stage2_teacher_chunk_and_delay(env, tmp_path):
+    """streaming.teacher_chunk_frames puts the stage-2 teacher under the chunk mask (its positional conv
+    as trained), streaming.teacher_delay_frames shifts the targets the objective sees by that many frames."""
+    from distill.config import load_config
+    from distill.data.tokenizer import Tokenizer
+    from distill.train.stage import build_task
+    from distill.train.stage_config import TrainStageConfig
+
+    root, lang, teacher, _ = env
+    d = stage_cfg(
+        env,
+        tmp_path / "s2",
+        "distill_streaming",
+        student={"init_from": str(teacher), "preset": None, "overrides": {}},
+        streaming={"chunk_frames": [8], "teacher_chunk_frames": 16, "teacher_delay_frames": 3},
+    )
+    cfg = load_config(TrainStageConfig, write_cfg(tmp_path / "s2.yaml", d))
+    task = build_task(cfg, Tokenizer.load(lang))
+    pos_conv = load_pretrained(teacher).config.causal_pos_conv
+    assert task.teacher.config.chunk_frames == 16 and task.teacher.config.causal_pos_conv == pos_conv
+    assert task.student.config.chunk_frames == 8 and task.teacher_delay == 3
+    batch = {"audio": torch.randn(1, 16000) * 0.1, "audio_lens": torch.tensor([16000])}
+    plain = task._teacher_forward(batch["audio"], batch["audio_lens"], False)
+    seen, forward = {}, task.objective.forward
+
+    def spy(*a, **k):  # what the objective is given
+        seen["t"] = k["teacher"]
+        return forward(*a, **k)
+
+    task.objective.forward = spy
+    task.eval()
+    res, _ = task.run(dict(batch, tokens=[[3, 4]], cut_ids=["x"]))
+    assert torch.isfinite(res.loss)
+    got = seen["t"]
+    torch.testing.assert_close(got.scores[:, 3:], plain.scores[:, :-3])
+    torch.testing.assert_close(got.scores[:, :3], plain.scores[:, :1].expand(-1, 3, -1))
+    for i, h in plain.hidden.items():
+        torch.testing.assert_close(got.hidden[i][:, 5:], h[:, 2:-3])
+    # the targets are the teacher's under a 16-frame chunk mask, not its full-context outputs
+    ref = load_pretrained(teacher).eval()
+    with torch.no_grad():
+        assert not torch.allclose(ref(batch["audio"]).scores, plain.scores)
+        ref.set_streaming(16, None, pos_conv)
+        torch.testing.assert_close(ref(batch["audio"]).scores, plain.scores)
+
+
+def test_teacher_targets_delayed():
+    from distill.losses.objective import TeacherTargets
+
+    x = torch.arange(2 * 5, dtype=torch.float32).view(2, 5, 1)
+    t = TeacherTargets(lengths=torch.tensor([5, 4]), scores=x, hidden={2: x * 10}, features=x + 1)
+    assert t.delayed(0) is t
+    d = t.delayed(2)
+    assert d.scores[0, :, 0].tolist() == [0, 0, 0, 1, 2] and d.scores[1, :, 0].tolist() == [5, 5, 5, 6, 7]
+    assert torch.equal(d.hidden[2], d.scores * 10) and d.features is t.features and d.lengths is t.lengths
+    assert d.delayed(0).scores is d.scores and t.delayed(9).scores[0, :, 0].tolist() == [0] * 5
+
+
 def test_teacher_cache_equals_on_the_fly(env, tmp_path):
     """The cached loss equals the on-the-fly loss (fp32 cache exactly, fp16 closely), and epoch 2 reads it."""
     from distill.config import load_config
@@ -446,6 +504,8 @@ def test_killed_and_resumed_stage1_gives_the_same_parameters(env, tmp_path):
         "bad_den",
         "bad_weight",
         "chunks",
+        "teacher_chunk",
+        "teacher_delay",
         "preset",
     ],
 )
@@ -461,6 +521,8 @@ def test_config_errors_name_the_key(env, tmp_path, capsys, case):
         "bad_den": "key 'den'",
         "bad_weight": "key 'alpha'",
         "chunks": "key 'streaming.chunk_frames'",
+        "teacher_chunk": "key 'streaming.teacher_chunk_frames'",
+        "teacher_delay": "key 'streaming.teacher_delay_frames'",
         "preset": "key 'student.preset'",
     }[case]
     if case == "missing_teacher":
@@ -480,6 +542,10 @@ def test_config_errors_name_the_key(env, tmp_path, capsys, case):
         d["objective"] = {"alpha": 1.5}
     elif case == "chunks":
         d.update(task="distill_streaming", streaming={"chunk_frames": []})
+    elif case == "teacher_chunk":
+        d.update(task="distill_streaming", streaming={"teacher_chunk_frames": 0})
+    elif case == "teacher_delay":
+        d.update(task="distill_streaming", streaming={"teacher_delay_frames": -1})
     elif case == "preset":
         d["student"] = {"preset": "no-such-model"}
     path = write_cfg(tmp_path / "bad.yaml", d)

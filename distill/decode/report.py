@@ -6,7 +6,10 @@ Input is a list of per-model result dicts::
      "latency_ms": 480, "wer": {"test-clean": 4.1, "test-other": 9.8}}
 
 ``latency_ms`` is the algorithmic latency (chunk duration) of a streaming model, None for full-context
-models; ``rtf`` is measured on one CPU thread. Models named in ``expected`` without a result get a
+models; ``rtf`` is measured on one CPU thread. Rows of one model at several chunk sizes form a latency curve
+(:func:`distill.decode.plots.latency_curves`, by ``path`` and ``form``): RESULTS.md gets a "WER vs latency"
+table, and the plots are drawn by :mod:`distill.decode.plots`.
+Models named in ``expected`` without a result get a
 "not trained" row (a model without a WER on some test set: "not evaluated" there). The relative WER
 degradation is ``(WER - WER_teacher) / WER_teacher``.
 """
@@ -19,6 +22,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from distill.decode import plots
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +147,7 @@ def results_markdown(
                 f"| {lat} | {w:.2f} | {rel} |"
             )
         lines.append("")
+    lines += _latency_table(ms, test_sets)
     lines += [
         "## Compared with the paper",
         "",
@@ -174,6 +180,34 @@ def results_markdown(
     return "\n".join(lines)
 
 
+def _latency_table(ms: list[dict], test_sets: list[str]) -> list[str]:
+    """The "WER vs latency" section: a row per streaming model and test set, a column per latency
+    (:func:`distill.decode.plots.latency_curves`), the offline models in the full-context column."""
+    curves, offline = plots.latency_curves(ms)
+    if not curves or not test_sets:
+        return []
+    lats = sorted({r["latency_ms"] for rows in curves.values() for r in rows if r["latency_ms"] is not None})
+    lines = [
+        "## WER vs latency",
+        "",
+        "WER of each streaming model decoded at several chunk sizes (its chunk-masked forward, which gives "
+        "the streaming output; algorithmic latency = chunk duration), full context = the same model with "
+        "full attention; offline models for reference (plot: `wer_vs_latency_<test set>.png`).",
+        "",
+        "| model | test set | " + " | ".join(f"{x:g} ms" for x in lats) + " | full context |",
+        "| --- | --- | " + " | ".join("---:" for _ in lats) + " | ---: |",
+    ]
+    for ts in test_sets:
+        for label, rows in curves.items():
+            by_lat = {r["latency_ms"]: r["wer"].get(ts) for r in rows}
+            cells = [_fmt(by_lat.get(x), ".2f", "") for x in [*lats, None]]
+            lines.append(f"| {label} (streaming) | {ts} | " + " | ".join(cells) + " |")
+        for m in offline:
+            if ts in m["wer"]:
+                lines.append(f"| {m['name']} (offline) | {ts} | " + " | " * len(lats) + f"{m['wer'][ts]:.2f} |")
+    return lines + [""]
+
+
 def write_results(
     models: Sequence[Mapping[str, Any]],
     out_dir: str | Path,
@@ -199,7 +233,7 @@ def write_results(
         p = plot_wer_vs_latency(ms, ts, out / f"wer_vs_latency_{safe}.png")
         if p:
             paths[f"wer_vs_latency_{ts}"] = p
-        p = plot_wer_vs_size(ms, ts, out / f"wer_vs_size_{safe}.png")
+        p = plot_wer_vs_size(ms, ts, out / f"wer_vs_size_{safe}.png", teacher)
         if p:
             paths[f"wer_vs_size_{ts}"] = p
     if train_logs:
@@ -209,55 +243,19 @@ def write_results(
     return paths
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _scatter(points: list[tuple[float, float, str]], xlabel: str, title: str, path: Path, line: bool) -> Path:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    xs, ys = [p[0] for p in points], [p[1] for p in points]
-    ax.plot(xs, ys, "o-" if line else "o")
-    for x, y, name in points:
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("WER (%)")
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
 def plot_wer_vs_latency(models: Sequence[Mapping[str, Any]], test_set: str, path: str | Path) -> Path | None:
-    """WER against algorithmic latency for the streaming models (None when there are none)."""
-    pts = sorted(
-        (float(m["latency_ms"]), float(m["wer"][test_set]), m["name"])
-        for m in _check(models)
-        if m["latency_ms"] is not None and test_set in m["wer"]
-    )
-    if not pts:
-        return None
-    return _scatter(pts, "algorithmic latency (ms)", f"WER vs latency ({test_set})", Path(path), line=True)
+    """WER against algorithmic latency: one line per streaming model, offline models as horizontal
+    lines (:func:`distill.decode.plots.latency_figure`); None when there is no streaming model."""
+    fig = plots.latency_figure(_check(models), test_set)
+    return None if fig is None else plots.save(fig, path)
 
 
-def plot_wer_vs_size(models: Sequence[Mapping[str, Any]], test_set: str, path: str | Path) -> Path | None:
-    """WER against model size in MB (None when no model has both)."""
-    pts = sorted(
-        (float(m["size_mb"]), float(m["wer"][test_set]), m["name"])
-        for m in _check(models)
-        if m["size_mb"] is not None and test_set in m["wer"]
-    )
-    if not pts:
-        return None
-    return _scatter(pts, "model size (MB)", f"WER vs model size ({test_set})", Path(path), line=False)
+def plot_wer_vs_size(
+    models: Sequence[Mapping[str, Any]], test_set: str, path: str | Path, teacher: str | None = None
+) -> Path | None:
+    """WER against model size (:func:`distill.decode.plots.size_figure`); None when no model has both."""
+    fig = plots.size_figure(_check(models), test_set, teacher)
+    return None if fig is None else plots.save(fig, path)
 
 
 def read_train_log(path: str | Path) -> list[dict]:
@@ -285,34 +283,9 @@ def read_train_log(path: str | Path) -> list[dict]:
 
 
 def plot_training_curves(logs: Mapping[str, Any], path: str | Path, keys: Iterable[str] | None = None) -> Path | None:
-    """One panel per metric (default: every numeric key but ``step``), one line per run.
-
-    ``logs`` maps a run name to its ``train_log.jsonl`` path or to a list of records already read."""
+    """Training curves (:func:`distill.decode.plots.training_figure`): a row of panels per run, one per
+    loss term, and dev WER (greedy) over updates; ``keys`` limits the loss terms. ``logs`` maps a run
+    name to its ``train_log.jsonl`` path or to a list of records already read. None: nothing to plot."""
     runs = {name: list(p) if isinstance(p, (list, tuple)) else read_train_log(p) for name, p in logs.items()}
-    if keys is None:
-        found: list[str] = []
-        for recs in runs.values():
-            for r in recs:
-                for k, v in r.items():
-                    if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool) and k not in found:
-                        found.append(k)
-        keys = found
-    keys = list(keys)
-    if not keys:
-        return None
-    plt = _plt()
-    fig, axes = plt.subplots(len(keys), 1, figsize=(6, 2.6 * len(keys)), squeeze=False)
-    for ax, k in zip(axes[:, 0], keys):
-        for name, recs in runs.items():
-            pts = [(r["step"], r[k]) for r in recs if isinstance(r.get(k), (int, float))]
-            if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], label=name, marker="." if len(pts) < 30 else None)
-        ax.set_ylabel(k)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
-    axes[-1, 0].set_xlabel("step")
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
+    fig = plots.training_figure(runs, keys)
+    return None if fig is None else plots.save(fig, path)

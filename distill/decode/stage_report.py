@@ -14,26 +14,27 @@ __all__ = ["training_curves", "appendix"]
 
 
 def training_curves(exp_root: Path) -> dict[str, list[dict]]:
-    """Per training run (``<exp_root>/<run>/train_log.jsonl``): records with ``train loss``, ``dev loss``
-    and ``dev WER (%)`` by update, for :func:`distill.decode.report.plot_training_curves`."""
+    """Per training run (``<exp_root>/<run>/train_log.jsonl``, written by :mod:`distill.train.outputs`):
+    its train records (``step``, total ``loss``, one field per loss term) and validation records
+    (``type: valid``: ``loss``, ``loss_<term>``, greedy-CTC ``wer``), numbers that are not finite left
+    out, for :func:`distill.decode.report.plot_training_curves` (a panel per loss term, dev WER by update)."""
     runs: dict[str, list[dict]] = {}
     for p in sorted(exp_root.glob("*/train_log.jsonl")):
         recs = []
         for r in read_train_log(p):
-            loss = r.get("loss")
-            finite = isinstance(loss, (int, float)) and math.isfinite(loss)
-            if r.get("type", "train") == "train" and finite:
-                recs.append({"step": r["step"], "train loss": loss})
-            elif r.get("type") == "valid":
-                rec = {"step": r["step"]}
-                if finite:
-                    rec["dev loss"] = loss
-                if isinstance(r.get("wer"), (int, float)):
-                    rec["dev WER (%)"] = r["wer"]
-                recs.append(rec)
+            kind = r.get("type", "train")
+            if kind not in ("train", "valid"):
+                continue
+            rec = {k: v for k, v in r.items() if _finite(v)}
+            if len(rec) > 1:  # more than the step
+                recs.append({"type": kind, **rec})
         if recs:
             runs[p.parent.name] = recs
     return runs
+
+
+def _finite(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def appendix(results: list[dict], cfg: DecodeConfig, test_sets: dict[str, TestSet], device: str) -> str:

@@ -134,6 +134,24 @@ class TeacherTargets:
     hidden: dict[int, Tensor] = field(default_factory=dict)
     features: Tensor | None = None
 
+    def delayed(self, frames: int) -> TeacherTargets:
+        """The frame-level targets (scores, hidden states) ``frames`` later: frame t gets frame t - frames,
+        the first frame repeated before it; lengths and front-end features stay."""
+        if frames <= 0:
+            return self
+        t = next((x.shape[1] for x in (self.scores, *self.hidden.values()) if x is not None), 0)
+        idx = (torch.arange(t, device=self.lengths.device) - frames).clamp(min=0)
+
+        def shift(x: Tensor | None) -> Tensor | None:
+            return None if x is None else x.index_select(1, idx)
+
+        return TeacherTargets(
+            lengths=self.lengths,
+            scores=shift(self.scores),
+            hidden={i: shift(h) for i, h in self.hidden.items()},
+            features=self.features,
+        )
+
 
 @dataclass
 class ObjectiveResult:

@@ -70,6 +70,11 @@ def build_task(cfg: TrainStageConfig, tokenizer: Any, cmvn_loader: Callable[[], 
 
     teacher = load_teacher(cfg, vocab)
     student = build_student(cfg, teacher, vocab, cmvn_loader)
+    s = cfg.streaming
+    streaming = cfg.task == "distill_streaming"
+    if streaming and teacher is not None and s.teacher_chunk_frames:
+        # before the cache fingerprint, which records the teacher's config
+        teacher.set_streaming(s.teacher_chunk_frames, s.left_chunks, teacher.config.causal_pos_conv)
     objective = DistillObjective(obj_cfg, den, dims(student), dims(teacher) if teacher is not None else None)
     if not objective.needs_teacher():
         teacher = None  # labels-only baseline: the teacher only initialised the student
@@ -88,9 +93,15 @@ def build_task(cfg: TrainStageConfig, tokenizer: Any, cmvn_loader: Callable[[], 
             utterances=size[1],
         )
         cache.open()
-    chunks: list[int] = cfg.streaming.chunk_frames if cfg.task == "distill_streaming" else []
     return T.DistillTask(
-        student, teacher, objective, chunks, cfg.streaming.left_chunks, cfg.streaming.causal_pos_conv, cache
+        student,
+        teacher,
+        objective,
+        s.chunk_frames if streaming else [],
+        s.left_chunks,
+        s.causal_pos_conv,
+        cache,
+        teacher_delay=s.teacher_delay_frames if streaming else 0,
     )
 
 

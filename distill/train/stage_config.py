@@ -88,6 +88,13 @@ class StreamingSection:
     chunk_frames: list[int] = field(default_factory=lambda: [24])  # several = dynamic-chunk training
     left_chunks: int | None = None  # left context in chunks (None = unlimited)
     causal_pos_conv: bool = True
+    # the teacher's attention during stage 2 (ours, not the paper's; null = full context as in the paper):
+    # N > 0 = chunk-masked to N frames (N = chunk_frames: the student's right context; larger: a little
+    # look-ahead); its positional conv stays as trained
+    teacher_chunk_frames: int | None = None
+    # the teacher's targets delayed by N frames: student frame t learns teacher frame t - N, so a chunked
+    # student may emit a token after the full-context teacher does (ours)
+    teacher_delay_frames: int = 0
 
 
 @dataclass
@@ -190,6 +197,10 @@ def check_config(cfg: TrainStageConfig, src: str) -> None:
             )
         if s.left_chunks is not None and s.left_chunks < 0:
             bad("streaming.left_chunks", "must be >= 0 or null")
+        if s.teacher_chunk_frames is not None and s.teacher_chunk_frames <= 0:
+            bad("streaming.teacher_chunk_frames", f"must be > 0 or null (full context), got {s.teacher_chunk_frames}")
+        if s.teacher_delay_frames < 0:
+            bad("streaming.teacher_delay_frames", f"must be >= 0, got {s.teacher_delay_frames}")
     if used & {"mmi_kd", "lfmmi"}:
         den = Path(cfg.den) if cfg.den else Path(cfg.lang_dir) / "den.pt"
         if not den.is_file():

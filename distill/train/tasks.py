@@ -109,6 +109,8 @@ class DistillTask(_TaskBase):
             batch, ``chunks[0]`` is used in evaluation and export. Empty: the student does not stream.
         left_chunks, causal_pos_conv: the streaming configuration of the student.
         cache: a :class:`TeacherCache` (already opened) or None for on-the-fly teacher outputs.
+        teacher_delay: frames by which the teacher's frame-level targets are delayed
+            (:meth:`TeacherTargets.delayed`); 0 = aligned as in the paper.
     """
 
     trained_prefix = "student."
@@ -122,9 +124,11 @@ class DistillTask(_TaskBase):
         left_chunks: int | None = None,
         causal_pos_conv: bool = True,
         cache: TeacherCache | None = None,
+        teacher_delay: int = 0,
     ) -> None:
         super().__init__()
         self.student = student
+        self.teacher_delay = int(teacher_delay)
         self.objective = objective
         if objective.needs_teacher() and teacher is None:
             raise ValueError("the objective has distillation terms but no teacher was given")
@@ -257,7 +261,7 @@ class DistillTask(_TaskBase):
         w = cfg.weights(step)
         t = None
         if any(w[k] > 0 for k in ("hid", "out", "mmi_kd", "kl", "feat")):
-            t = self.teacher_targets(batch)
+            t = self.teacher_targets(batch).delayed(self.teacher_delay)
         out = self.student(wave, lens)
         res = self.objective(
             out.scores,

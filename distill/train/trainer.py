@@ -6,7 +6,7 @@ DDP, validation and best-model selection, crash-safe checkpoints with exact resu
 non-finite/OOM batch skipping, and progress/TensorBoard/jsonl logging. This module is the loop (set-up,
 freezing, micro-batches, updates, signals); its parts live beside it: checkpoints and resume in
 :mod:`~distill.train.save_resume`, logging and validation in :mod:`~distill.train.outputs`, the
-result types in :mod:`~distill.train.results`. It is a little longer than 500 lines because the
+result types in :mod:`~distill.train.results`. It is longer than 500 lines because the
 micro-step, the update and the interruption paths share the loop's state and read best side by side.
 
 Loss contract. ``compute_loss(model, batch)`` returns a :class:`LossResult` (or the tuple
