@@ -194,12 +194,19 @@ def test_size_plot_tells_kinds_apart(tmp_path):
     assert pts["student (offline)"].get_marker() == "o"
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert [lb.split(":")[0] for lb in labels] == ["1", "2", "3", "4", "5"]
-    # the numbers next to the points do not sit on each other: streaming-int8 and student-int8 share a point
-    offsets = [(a.xy, a.xyann) for a in ax.texts]
-    assert len(offsets) == 5 and len({(xy, ann) for xy, ann in offsets}) == 5
-    same = [ann for xy, ann in offsets if xy == (1.3, 44.4) or xy == (1.3, 54.3)]
-    assert len(same) == 2
+    # one number per spot, each number once: points that coincide share one label ("a,b"), not two on top
+    texts = {a.get_text(): a.xy for a in ax.texts}
+    assert sorted(n for t in texts for n in t.split(",")) == ["1", "2", "3", "4", "5"] and len(texts) == 5
+    same = rows + [dict(rows[-2], name="streaming-int8-onnx", path="exp/stage2/x", form="onnx-int8")]
+    ax2 = plots.size_figure(same, "test", teacher="teacher").axes[0]
+    shared = [a.get_text() for a in ax2.texts if "," in a.get_text()]
+    assert len(ax2.get_lines()) == 6 and len(ax2.texts) == 5 and len(shared) == 1, [a.get_text() for a in ax2.texts]
+    named = {t.get_text().split(": ")[0]: t.get_text() for t in ax2.get_legend().get_texts()}
+    assert sorted("int8" in named[n] for n in shared[0].split(",")) == [True, True]
+    # x ticks: sizes on a log axis, none closer than 6 % of the axis (1.3 and 1.4 MB would overlap)
     assert ax.get_xscale() == "log"
+    ticks = [float(t.get_text()) for t in ax.get_xticklabels()]
+    assert ticks == sorted(ticks) and ticks[0] == 1.3 and ticks[-1] == 21
     p = write_results(rows, tmp_path, teacher="teacher")["wer_vs_size_test"]
     assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

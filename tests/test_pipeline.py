@@ -95,7 +95,7 @@ def test_training_stages(chain, vocab):
     assert _components(d, "stage1") == {"hid", "out", "mmi_kd", "lfmmi"}
     assert _components(d, "stage1_labels_only") == {"lfmmi"}
     assert _components(d, "stage1_frame_kl") == {"kl"}
-    assert _components(d, "stage2") == {"hid", "out", "mmi_kd"}
+    assert _components(d, "stage2") == {"hid", "out", "mmi_kd", "lfmmi"}  # the demo adds label LF-MMI in stage 2
     assert _components(d, "stage2_labels_only") == {"lfmmi"}
     stage2 = yaml.safe_load((d / "exp" / "stage2" / "train.yaml").read_text())
     assert stage2["teacher"] == stage2["student"]["init_from"] == "exp/stage1/model"
@@ -147,6 +147,45 @@ def test_export_bundles(chain):
         assert (out / "streaming.onnx").is_file() == streaming
         info = json.loads((out / "export.json").read_text())
         assert info, f"{out / 'export.json'} is empty"
+
+
+def test_stage2_variants_script(chain, tmp_path):
+    """local/stage2_variants.sh (issue 20's stage-2 table) at CI size: each variant trains from S_N with its
+    override, and one stage-6 decode scores them beside the demo's streaming student and its baseline."""
+    import shutil
+    import subprocess
+
+    from test_recipes import _env
+
+    src = chain[0]
+    d = recipe_copy(tmp_path, "inhouse")
+    for sub in ("download", "data", "exp"):
+        shutil.copytree(src / sub, d / sub, symlinks=True)
+    r = subprocess.run(
+        [
+            "bash",
+            str(d / "local" / "stage2_variants.sh"),
+            "--conf-dir",
+            "conf/tiny",
+            "--only",
+            "delay2 teacher-chunk24",
+        ],
+        capture_output=True,
+        text=True,
+        env=_env(),
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    used = {
+        n: yaml.safe_load((d / "exp" / "s2v" / n / "train.yaml").read_text()) for n in ("delay2", "teacher-chunk24")
+    }
+    assert used["delay2"]["streaming"]["teacher_delay_frames"] == 2
+    assert used["teacher-chunk24"]["streaming"]["teacher_chunk_frames"] == 24
+    assert used["delay2"]["student"]["init_from"] == "exp/stage1/model" and used["delay2"]["train"]["max_steps"] <= 20
+    assert not (d / "exp" / "s2v" / "hidden-only").exists()  # --only
+    results = json.loads((d / "exp" / "s2v" / "results.json").read_text())
+    assert [m["name"] for m in results] == ["streaming", "streaming-labels-only", "delay2", "teacher-chunk24"]
+    assert all(m["status"] == "ok" and m["wer"] for m in results)
+    assert "| delay2 |" in (d / "exp" / "s2v" / "RESULTS.md").read_text()
 
 
 def test_rerun_skips_every_stage(chain):

@@ -164,10 +164,10 @@ def size_figure(models: Sequence[Mapping[str, Any]], test_set: str, teacher: str
     pts.sort(key=lambda p: (p[0]["size_mb"], p[0]["wer"][test_set]))
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
-    placed: list[tuple[float, float]] = []
     xs = [math.log10(m["size_mb"]) for m, _ in pts]
     ys = [m["wer"][test_set] for m, _ in pts]
     xr, yr = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
+    spots: list[dict[str, Any]] = []  # one number label per spot: "2,3" for points that coincide
     for i, (m, streaming) in enumerate(pts, 1):
         if m["name"] == teacher:
             style = dict(marker="*", color="C3", markersize=13)
@@ -181,14 +181,19 @@ def size_figure(models: Sequence[Mapping[str, Any]], test_set: str, teacher: str
         form = "" if _is_fp32(m) else f", {m['form']}"
         x, y = m["size_mb"], m["wer"][test_set]
         ax.plot([x], [y], linestyle="none", label=f"{i}: {m['name']} ({kind}{form})", **style)
-        # nudge the number upwards while it would sit on one already placed (axis-fraction units)
-        fx, fy, dy = (math.log10(x) - min(xs)) / xr, (y - min(ys)) / yr, 0
-        while any(abs(fx - px) < 0.06 and abs(fy + dy - py) < 0.07 for px, py in placed):
-            dy += 0.07
-        placed.append((fx, fy + dy))
-        ax.annotate(str(i), (x, y), textcoords="offset points", xytext=(5, 3 + dy * 250), fontsize=8)
+        fx, fy = (math.log10(x) - min(xs)) / xr, (y - min(ys)) / yr  # axis fractions
+        near = next((sp for sp in spots if abs(fx - sp["fx"]) < 0.04 and abs(fy - sp["fy"]) < 0.035), None)
+        if near is None:
+            spots.append({"fx": fx, "fy": fy, "xy": (x, y), "names": [str(i)]})
+        else:
+            near["names"].append(str(i))
+    for sp in spots:
+        ax.annotate(",".join(sp["names"]), sp["xy"], textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set_xscale("log")
-    ticks = sorted({float(f"{m['size_mb']:.2g}") for m, _ in pts})
+    ticks: list[float] = []
+    for t in sorted({float(f"{m['size_mb']:.2g}") for m, _ in pts}):
+        if not ticks or math.log10(t) - math.log10(ticks[-1]) > 0.06 * xr:  # readable: no overlapping ticks
+            ticks.append(t)
     ax.set_xticks(ticks)
     ax.set_xticklabels([f"{t:g}" for t in ticks])
     ax.minorticks_off()
