@@ -212,6 +212,37 @@ def test_outputs_logs_best_and_average(tmp_path: Path) -> None:
     assert "update 6" in (exp / "train.log").read_text()
 
 
+def test_validation_leaves_training_unchanged(tmp_path: Path) -> None:
+    """The trained weights do not depend on how often validation runs, even when validation draws random
+    numbers (as a DataLoader iterator does) and training does too (dropout)."""
+    import random
+
+    import numpy as np
+
+    def model() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(DIM, 8), nn.Dropout(0.3), nn.Tanh(), nn.Linear(8, OUT))
+
+    def validate(m: nn.Module) -> dict[str, float]:
+        torch.rand(5), random.random(), np.random.rand()
+        for _ in torch.utils.data.DataLoader(list(range(4)), shuffle=True):
+            pass
+        return {"loss": 1.0}
+
+    batches = make_batches([4] * 6, seed=3)
+    runs = {}
+    for every in (0, 1, 2):
+        torch.manual_seed(7)
+        random.seed(7)
+        np.random.seed(7)
+        c = cfg(tmp_path / str(every), max_steps=6, valid_interval=every)
+        tr, _ = fit(c, batches, model=model(), validate=validate)
+        runs[every] = (params(tr.model), torch.rand(3), random.random(), np.random.rand())
+    for every in (1, 2):
+        assert_same(runs[0][0], runs[every][0])
+        assert torch.equal(runs[0][1], runs[every][1]) and runs[0][2:] == runs[every][2:]
+
+
 def _drop(batches: list, i: int) -> list:
     return batches[:i] + batches[i + 1 :]
 

@@ -11,11 +11,13 @@ import contextlib
 import json
 import logging
 import math
+import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -177,7 +179,7 @@ class OutputsMixin:
         assert self.validate_fn is not None
         self.model.eval()
         try:
-            with torch.no_grad(), self._autocast():
+            with torch.no_grad(), self._autocast(), _rng_kept(self.device):
                 metrics = {k: float(v) for k, v in dict(self.validate_fn(self.model)).items()}
         finally:
             self.model.train()
@@ -217,3 +219,15 @@ class OutputsMixin:
                 " (new best)" if better else f" (best {key} {self.best_value} at {self.best_step})",
             )
         return metrics
+
+
+@contextlib.contextmanager
+def _rng_kept(device: torch.device) -> Iterator[None]:
+    """Run validation without moving the training's random streams (torch CPU and ``device``, Python,
+    NumPy): a DataLoader iterator draws its seed from torch's, so validating would otherwise change every
+    later random draw, and the trained model would depend on ``valid_interval``."""
+    state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        yield
+    random.setstate(state[0])
+    np.random.set_state(state[1])
