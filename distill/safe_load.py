@@ -155,6 +155,19 @@ class _Stub:
 _STUB_CACHE: dict[str, type] = {}
 
 
+def _enum_member(owner: Any, name: Any) -> _Stub:
+    """Stands in for ``builtins.getattr`` in a checkpoint: some Pythons (3.11.2; not 3.11.7) pickle an Enum
+    member (fairseq's ``ChoiceEnum`` values) as ``getattr(EnumClass, "name")`` instead of ``EnumClass(value)``.
+    Only a stand-in class and a string name are accepted (the member becomes a stand-in holding its name, as
+    the other form gives for fairseq's string-valued enums); anything else is refused."""
+    if not (isinstance(owner, type) and issubclass(owner, _Stub) and isinstance(name, str)):
+        raise pickle.UnpicklingError(
+            f"refusing getattr({type(owner).__name__}, {type(name).__name__}) in a checkpoint: only "
+            "members of configuration enums are allowed"
+        )
+    return owner(name)
+
+
 def _stub_for(name: str) -> type:
     if name not in _STUB_CACHE:
         _STUB_CACHE[name] = type(name.rsplit(".", 1)[-1], (_Stub,), {"qualified_name": name})
@@ -167,7 +180,7 @@ def load_with_config_stubs(path: str | Path) -> Any:
     Unknown globals of configuration libraries are allowlisted as inert stand-ins (one retry per
     name); any other global raises :class:`CheckpointError` naming it and the file."""
     path = Path(path)
-    allowed: list = [(v, k) for k, v in _SAFE_BUILTINS.items()]
+    allowed: list = [(v, k) for k, v in _SAFE_BUILTINS.items()] + [(_enum_member, "builtins.getattr")]
     for _ in range(200):
         try:
             with torch.serialization.safe_globals(allowed):

@@ -342,6 +342,30 @@ def test_malicious_pickle_is_refused(tmp_path):
     assert not marker.exists()
 
 
+class _Getattr:
+    """Pickles as ``getattr(owner, name)``, the form newer Pythons use for Enum members."""
+
+    def __init__(self, owner, name):
+        self.owner, self.name = owner, name
+
+    def __reduce__(self):
+        return (getattr, (self.owner, self.name))
+
+
+def test_getattr_only_for_configuration_enums(tmp_path):
+    """``builtins.getattr`` is accepted only on a configuration enum's stand-in with a string name (its
+    member: Python 3.11.2 pickles fairseq's ChoiceEnum values so, 3.11.7 as ``EnumClass(value)``); on anything else
+    the checkpoint is refused."""
+    from distill.safe_load import load_with_config_stubs
+
+    torch.save({"args": _Getattr(dict, "fromkeys"), "model": {}}, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="only members of configuration enums"):
+        load_with_config_stubs(tmp_path / "bad.pt")
+    torch.save({"args": _Getattr(argparse.Namespace, "__init__"), "model": {}}, tmp_path / "bad2.pt")
+    with pytest.raises(CheckpointError, match="only members of configuration enums"):
+        load_with_config_stubs(tmp_path / "bad2.pt")
+
+
 def test_parse_conv_layers():
     spec = "[(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512,2,2)] + [(512,2,2)]"
     layers = parse_conv_layers(spec)

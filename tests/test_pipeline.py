@@ -146,7 +146,11 @@ def test_export_bundles(chain):
             assert (out / f).is_file() and (out / f).stat().st_size > 0, f"{out / f} missing"
         assert (out / "streaming.onnx").is_file() == streaming
         info = json.loads((out / "export.json").read_text())
-        assert info, f"{out / 'export.json'} is empty"
+        assert info["results_file"] == "exp/results.json", info["results_file"]  # stage 6's WERs reach the card
+        rows = json.loads((chain[0] / "exp" / "results.json").read_text())
+        want = [r["name"] for r in rows if r.get("path") == f"exp/{m}/model" and r["status"] == "ok"]
+        assert [r["name"] for r in info["results"]] == want, (info["results"], want)
+        assert "WERs: not given" not in (out / "README.md").read_text()
 
 
 def test_stage2_variants_script(chain, tmp_path):

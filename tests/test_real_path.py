@@ -29,6 +29,7 @@ import pytest
 import yaml
 from test_recipes import (
     REPO,
+    SHORT_BLOCKS,
     check_outputs,
     check_results,
     check_stage_log,
@@ -178,15 +179,8 @@ JOBS = {  # name -> (recipe, pretrained checkpoint kind)
     "librispeech-fairseq": ("librispeech", "fairseq"),
     "gigaspeech-hf": ("gigaspeech", "hf"),
 }
-BLOCKS = [
-    "Stage 0 (data)",
-    "Stage 1 (lang)",
-    "Stage 2 (denominator graph)",
-    "Stage 3 (teacher)",
-    "Stage 4 (stage-1 distillation: stage1)",
-    "Stage 5 (stage-2 (streaming) distillation: stage2)",
-    "Stage 6 (decode + score)",
-]
+# the short chain of the recipe tests, then stage 7 (run.sh's default stop stage)
+BLOCKS = SHORT_BLOCKS + [f"Stage 7 (export: {m})" for m in ("stage1", "stage2")]
 
 
 @pytest.fixture(scope="module")
@@ -283,3 +277,11 @@ def test_pretrained_teacher_through_the_recipe(real_runs, corpus, tmp_path, job)
     assert {"teacher", "student", "student-int8", "streaming", "streaming-int8-onnx"} <= ok, ok
     streaming = next(r for r in results if r["name"] == "streaming")
     assert streaming["latency_ms"] == 20 * chunk
+    # stage 7: both students exported, the streaming one also as a chunk step, with the WERs of stage 6
+    for m, streams in (("stage1", False), ("stage2", True)):
+        out = d / "exp" / "export" / m
+        for f in ("offline.onnx", "offline.int8.onnx", "tokens.txt", "HLG.fst", "README.md"):
+            assert (out / f).is_file(), f"{job}: {out / f} missing"
+        assert (out / "streaming.onnx").is_file() == streams
+    card = (d / "exp" / "export" / "stage2" / "README.md").read_text()
+    assert f"| streaming | fp32 | {20 * chunk} ms |" in card and "WERs: not given" not in card, card[:2000]

@@ -426,7 +426,7 @@ def test_tiny_configs_are_the_full_ones_at_ci_size(name):
 # Stages 0-6 with conf/tiny; stage 4/5 train only the DistillW2V2 students (the baselines run the same
 # code and are covered by tests/test_pipeline.py): their decode rows must read "not trained".
 _SHORT = ("--conf-dir", "conf/tiny", "--stage1-configs", "stage1", "--stage2-configs", "stage2")
-_SHORT_BLOCKS = [
+SHORT_BLOCKS = [
     "Stage 0 (data)",
     "Stage 1 (lang)",
     "Stage 2 (denominator graph)",
@@ -485,7 +485,7 @@ def check_short_chain(d: Path, tmp: Path) -> list[dict]:
 def test_librispeech_tree(runs, corpus, tmp_path):
     d, r = runs["librispeech"]
     assert r.returncode == 0, r.stderr[-3000:]
-    check_stage_log(r.stderr, _SHORT_BLOCKS)
+    check_stage_log(r.stderr, SHORT_BLOCKS)
     check_outputs(d, corpus_counts(corpus))
     ids = {line.split()[0] for line in (corpus / "kaldi" / "test" / "text").read_text().splitlines()}
     import lhotse
@@ -502,7 +502,7 @@ def test_librispeech_tree(runs, corpus, tmp_path):
 def test_gigaspeech_release(runs, corpus, tmp_path):
     d, r = runs["gigaspeech"]
     assert r.returncode == 0, r.stderr[-3000:]
-    check_stage_log(r.stderr, _SHORT_BLOCKS)
+    check_stage_log(r.stderr, SHORT_BLOCKS)
     check_outputs(d, corpus_counts(corpus))
     summary = json.loads((d / "data" / "manifests" / "summary.json").read_text())
     assert "garbage" in json.dumps(summary).lower(), "garbage-only segments should be dropped and counted"

@@ -2,7 +2,7 @@
 form, tokens, the HLG graph and a model card (recipe stage 7).
 
     python -m distill.bin.export --model exp/stage2/model --lang-dir data/lang --graph-dir data/lang_test \\
-        --results exp/decode/results.json --out exp/export/stage2
+        --results exp/results.json --out exp/export/stage2
 
 Writes ``OUT/offline.onnx`` + ``offline.int8.onnx``; for a streaming student ``streaming.onnx`` +
 ``streaming.int8.onnx`` (one chunk step, state in and out; a full-context model gets a note instead);

@@ -138,7 +138,7 @@ def _results_rows(results: Path | None, model_dir: Path) -> list[dict[str, Any]]
     if results is None:
         return []
     if not results.is_file():
-        raise ExportError(f"results file '{results}' does not exist (stage 6 writes exp/decode/results.json)")
+        raise ExportError(f"results file '{results}' does not exist (stage 6 writes exp/results.json)")
     try:
         rows = json.loads(results.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:

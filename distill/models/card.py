@@ -10,7 +10,7 @@ __all__ = ["bundle_readme"]
 
 def _wer_table(rows: list[dict[str, Any]], source: str) -> list[str]:
     if not rows:
-        return ["WERs: not given (pass `--results exp/decode/results.json`, written by stage 6).", ""]
+        return ["WERs: not given (pass `--results exp/results.json`, written by stage 6).", ""]
     sets = sorted({t for r in rows for t in (r.get("wer_by_method") or {})})
     methods = sorted({m for r in rows for w in (r.get("wer_by_method") or {}).values() for m in w})
     head = ["row of results.json", "form", "chunk"] + [f"{t} {m}" for t in sets for m in methods]

@@ -59,7 +59,7 @@ if [ $stage -le 7 ] && [ $stop_stage -ge 7 ]; then
     if [ ! -f "exp/$m/model/config.json" ]; then log "Stage 7 (export): exp/$m/model not trained; skipped"; continue; fi
     export_args=()   # the HLG graph and the WERs of stage 6, when it ran
     if [ -f data/lang_test/HLG.fst ]; then export_args+=(--graph-dir data/lang_test); fi
-    if [ -f exp/decode/results.json ]; then export_args+=(--results exp/decode/results.json); fi
+    if [ -f exp/results.json ]; then export_args+=(--results exp/results.json); fi
     if stage_begin 7 "export: $m" "exp/export/$m" exp/$m/.done.stage[45] exp/decode/.done.stage6 "${export_args[*]}"; then
       python -m distill.bin.export --model "exp/$m/model" --lang-dir data/lang --out "exp/export/$m" \
         --name "distillw2v2-$m" "${export_args[@]}"
