@@ -302,7 +302,6 @@ def run(cfg: DecodeConfig) -> dict[str, Any]:
     finally:
         decoders.close()
     runs = training_curves(Path(cfg.exp_root))
-    keys = [k for k in ("train loss", "dev loss", "dev WER (%)") if any(k in r for rs in runs.values() for r in rs)]
     notes = appendix(results, cfg, test_sets, device)
     paths = write_results(
         results,
@@ -312,6 +311,5 @@ def run(cfg: DecodeConfig) -> dict[str, Any]:
         train_logs=runs or None,
         title=cfg.title,
         appendix=notes,
-        curve_keys=keys or None,
     )
     return {"results": results, "paths": paths, "markdown": paths["markdown"].read_text(encoding="utf-8")}

@@ -17,6 +17,7 @@ from typing import Any
 
 __all__ = [
     "TERM_NAMES",
+    "finite_number",
     "latency_curves",
     "latency_figure",
     "size_figure",
@@ -75,7 +76,8 @@ def save(fig: Any, path: str | Path) -> Path:
     return p
 
 
-def _num(v: Any) -> bool:
+def finite_number(v: Any) -> bool:
+    """A finite int or float, not a bool (the plottable values of a log record)."""
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
@@ -212,12 +214,12 @@ def _panels(recs: Sequence[Mapping[str, Any]], keys: Iterable[str] | None) -> li
     terms: list[str] = []
     for r in recs:
         if r.get("type", "train") == "train":
-            terms += [k for k, v in r.items() if k not in _NOT_TERMS and _num(v) and k not in terms]
+            terms += [k for k, v in r.items() if k not in _NOT_TERMS and finite_number(v) and k not in terms]
     if keys is not None:
         terms = [t for t in terms if t in set(keys)]
-    has_total = any(_num(r.get("loss")) for r in recs)
+    has_total = any(finite_number(r.get("loss")) for r in recs)
     panels = terms + (["loss"] if has_total and len(terms) != 1 else [])  # one term: the total is that term
-    if any(_num(r.get("wer")) for r in recs if r.get("type") == "valid"):
+    if any(finite_number(r.get("wer")) for r in recs if r.get("type") == "valid"):
         panels.append("wer")
     return panels
 
@@ -246,16 +248,16 @@ def training_figure(runs: Mapping[str, Sequence[Mapping[str, Any]]], keys: Itera
                 continue
             key = panels[j]
             if key == "wer":
-                pts = [(r["step"], r["wer"]) for r in valid if _num(r.get("wer"))]
+                pts = [(r["step"], r["wer"]) for r in valid if finite_number(r.get("wer"))]
                 ax.plot(*zip(*pts), "o-" if len(pts) > 1 else "o", color="C2", label="dev (greedy CTC)")
                 ax.set_title(f"{run}: dev WER (greedy)", fontsize=9)
                 ax.set_ylabel("WER (%)", fontsize=8)
             else:
                 dev_key = key if key == "loss" else f"loss_{key}"
-                pts = [(r["step"], r[key]) for r in train if _num(r.get(key))]
+                pts = [(r["step"], r[key]) for r in train if finite_number(r.get(key))]
                 if pts:
                     ax.plot(*zip(*pts), "-" if len(pts) > 1 else "o", color="C0", label="train")
-                dev = [(r["step"], r[dev_key]) for r in valid if _num(r.get(dev_key))]
+                dev = [(r["step"], r[dev_key]) for r in valid if finite_number(r.get(dev_key))]
                 if dev:
                     ax.plot(*zip(*dev), "s-" if len(dev) > 1 else "s", color="C1", label="dev")
                 name = "total loss" if key == "loss" else TERM_NAMES.get(key, key)

@@ -3,10 +3,10 @@ appendix (WER by method, streaming latencies, unloadable audio, set-up) and the 
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from distill.decode.config import DecodeConfig, primary_method
+from distill.decode.plots import finite_number
 from distill.decode.report import read_train_log
 from distill.decode.test_sets import TestSet
 
@@ -25,16 +25,12 @@ def training_curves(exp_root: Path) -> dict[str, list[dict]]:
             kind = r.get("type", "train")
             if kind not in ("train", "valid"):
                 continue
-            rec = {k: v for k, v in r.items() if _finite(v)}
+            rec = {k: v for k, v in r.items() if finite_number(v)}
             if len(rec) > 1:  # more than the step
                 recs.append({"type": kind, **rec})
         if recs:
             runs[p.parent.name] = recs
     return runs
-
-
-def _finite(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def appendix(results: list[dict], cfg: DecodeConfig, test_sets: dict[str, TestSet], device: str) -> str:
