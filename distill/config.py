@@ -27,6 +27,7 @@ validates the merged mapping against the schema and is the steps' command line.
 from __future__ import annotations
 
 import argparse
+import contextvars
 import dataclasses
 import math
 import os
@@ -176,9 +177,14 @@ def _convert(value: Any, tp: Any, key: str, where: Where) -> Any:
     return value
 
 
+# False while --print-config reads a config whose inputs need not exist yet (show_config)
+_CHECK_PATHS: contextvars.ContextVar[bool] = contextvars.ContextVar("check_paths", default=True)
+
+
 def _build(cls: type[T], data: dict, where: Where, prefix: str = "") -> T:
     hints = typing.get_type_hints(cls)
     names = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    paths = _CHECK_PATHS.get()
     unknown = [k for k in data if k not in names]
     if unknown:
         raise ConfigError(
@@ -193,15 +199,15 @@ def _build(cls: type[T], data: dict, where: Where, prefix: str = "") -> T:
                 raise ConfigError(f"{where(key)}: missing required key '{key}'")
             continue
         value = _convert(data[name], hints[name], key, where)
-        if f.metadata.get("path") and value is not None and f.metadata.get("must_exist"):
+        if paths and f.metadata.get("path") and value is not None and f.metadata.get("must_exist"):
             if not Path(value).exists():
                 raise ConfigError(f"{where(key)}: key '{key}': {missing_path(value)}")
-        if f.metadata.get("output_dir") and value is not None and (why := output_dir_problem(value)):
+        if paths and f.metadata.get("output_dir") and value is not None and (why := output_dir_problem(value)):
             raise ConfigError(f"{where(key)}: key '{key}': {why}")
         kwargs[name] = value
     obj = cls(**kwargs)
     # defaults that name paths must exist too
-    for name, f in names.items():
+    for name, f in names.items() if paths else ():
         if name not in data and f.metadata.get("path") and f.metadata.get("must_exist"):
             value = getattr(obj, name)
             if value is not None and not Path(value).exists():
@@ -233,10 +239,11 @@ def _setter(prov: dict[str, str], key: str) -> str | None:
 
 
 def load_config_with_sources(
-    cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()
+    cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = (), check_paths: bool = True
 ) -> tuple[T, dict[str, str]]:
     """:func:`load_config`, also returning where each value was set: ``{dotted key: file or "override"}``
-    (keys absent are the schema's defaults), for :func:`format_config`."""
+    (keys absent are the schema's defaults), for :func:`format_config`. ``check_paths=False`` skips the
+    existence checks of :func:`path_field` fields (types and keys are still checked)."""
     data: dict = {}
     prov: dict[str, str] = {}
     src = config_source(path, overrides)
@@ -260,7 +267,18 @@ def load_config_with_sources(
         s = _setter(prov, key)
         return src if s in (None, OVERRIDE, top) else f"{s} (base of {top})"
 
-    return _build(cls, data, where), prov
+    token = _CHECK_PATHS.set(check_paths)
+    try:
+        return _build(cls, data, where), prov
+    finally:
+        _CHECK_PATHS.reset(token)
+
+
+def show_config(cls: type, path: str | Path | None, overrides: Sequence[str] = ()) -> None:
+    """``--print-config``: print the effective configuration with where each value was set, also before
+    the inputs it names exist (a missing one is reported by the full check that follows it)."""
+    cfg, sources = load_config_with_sources(cls, path, overrides, check_paths=False)
+    print(format_config(cfg, sources, path), end="", flush=True)
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
@@ -341,7 +359,8 @@ def parse_cli(
 ) -> T:
     """Standard command line of a step: ``--config FILE`` and ``key=value`` overrides.
 
-    ``--print-config`` prints the effective configuration, with where each value was set, and exits.
+    ``--print-config`` prints the effective configuration, with where each value was set, and exits: 0,
+    or 2 with the error after it when the step would refuse the config (an input that does not exist yet).
     Configuration errors exit with status 2 and a one-line message naming the key and the file, before
     any work starts; ``check`` adds a step's own validation (cross-field rules, inputs that must exist)
     raising ConfigError.
@@ -352,6 +371,8 @@ def parse_cli(
     ap.add_argument("overrides", nargs="*", metavar="key=value", help="override config values")
     args = ap.parse_args(argv)
     try:
+        if args.print_config:
+            show_config(cls, args.config, args.overrides)
         cfg, sources = load_config_with_sources(cls, args.config, args.overrides)
         if check is not None:
             try:
@@ -362,7 +383,6 @@ def parse_cli(
     except ConfigError as e:
         ap.exit(2, f"error: {e}\n")
     if args.print_config:
-        print(format_config(cfg, sources, args.config), end="")
         raise SystemExit(0)
     return cfg
 

@@ -1,4 +1,5 @@
-"""A tiny wav2vec 2.0 configuration shared by the model, streaming and export tests."""
+"""A tiny wav2vec 2.0 configuration, lang dir and saved model shared by the model, streaming, export,
+transcribe and fault tests."""
 
 from __future__ import annotations
 
@@ -40,3 +41,19 @@ def write_char_lang(lang: Path, texts: Sequence[str]) -> Tokenizer:
     (lang / "train_text.txt").write_text("".join(t + "\n" for t in texts))
     train_token_lm([tok.encode(t) for t in texts], tok.pieces, 2).write_arpa(lang / "P.arpa")
     return tok
+
+
+def save_tiny_model(out: Path, vocab_size: int, **kw) -> W2V2Config:
+    """A :func:`tiny` model with 2 heads and a 64-dim feed-forward (``kw`` overrides), random weights drawn
+    after ``torch.manual_seed(0)``, saved in Hugging Face format at ``out``; returns its config."""
+    import torch
+
+    from distill.models import W2V2Model
+    from distill.models.checkpoint import save_pretrained
+
+    cfg = tiny(
+        **{"vocab_size": vocab_size, "num_attention_heads": 2, "intermediate_size": 64, "fbank_channels": 64, **kw}
+    )
+    torch.manual_seed(0)
+    save_pretrained(W2V2Model(cfg).eval(), out)
+    return cfg

@@ -286,6 +286,26 @@ def test_print_config_shows_where_each_value_was_set(tmp_path):
     assert r.stderr.strip() == "error: TEMPLATE/s.yaml (base of rec/s.yaml): key 'steps': expected an integer, got 3.5"
 
 
+def test_print_config_before_the_inputs_exist(tmp_path):
+    """A config can be read before the data it names is made: --print-config prints it, then the error
+    (exit 2) that the step itself would stop with."""
+    import yaml
+
+    missing = tmp_path / "not_yet"
+    _files(tmp_path, {"s.yaml": f"data_dir: {missing}\nsteps: 3\n"})
+    r = _cli(Path("s.yaml"), "--print-config", cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert yaml.safe_load(r.stdout)["data_dir"] == str(missing) and "data_dir: " in r.stdout
+    assert r.stderr.strip() == f"error: s.yaml: key 'data_dir': path '{missing}' does not exist"
+    missing.mkdir()
+    r = _cli(Path("s.yaml"), "--print-config", cwd=tmp_path)
+    assert r.returncode == 0 and r.stderr == "" and yaml.safe_load(r.stdout)["steps"] == 3
+    # a wrong type is still refused before anything is printed
+    _files(tmp_path, {"s.yaml": f"data_dir: {missing}\nsteps: many\n"})
+    r = _cli(Path("s.yaml"), "--print-config", cwd=tmp_path)
+    assert r.returncode == 2 and r.stdout == "" and "key 'steps'" in r.stderr
+
+
 STAGE = """#!/usr/bin/env bash
 set -euo pipefail
 cd "$(dirname "$0")"

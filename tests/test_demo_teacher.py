@@ -47,7 +47,7 @@ def test_shipped_teacher_is_a_small_hf_directory(card):
     # the card's README states the WER and the exact command; the training record is there
     readme = (TEACHER / "README.md").read_text()
     assert f"{card['test_wer']['wer']:.2f} %" in readme and card["command"].strip() in readme
-    assert "python -m distill.bin.train --config conf/teacher_scratch.yaml" in card["command"]
+    assert "python -m distill.bin.train --config conf/teacher_large.yaml" in card["command"]
     assert card["training"]["updates"] > 0
 
 

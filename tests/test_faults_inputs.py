@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 import test_train_stages as stages  # noqa: E402  (tests/ is on sys.path under pytest)
-import torch
 import yaml
+from model_fixtures import save_tiny_model
 from test_recipes import RECIPES, recipe_copy  # noqa: E402
 
 from distill.data import report as R
@@ -90,28 +90,11 @@ def _write_bytes_lines(path: Path, lines: list[str], bom: bool = False) -> None:
 def model(tmp_path_factory):
     """A char lang dir and a tiny random wav2vec 2.0 model in Hugging Face format."""
     from distill.data.tokenizer import build_char_tokenizer, write_lang_files
-    from distill.models.checkpoint import save_pretrained
-    from distill.models.config import W2V2Config
-    from distill.models.wav2vec2 import W2V2Model
 
     tmp = tmp_path_factory.mktemp("inputs_model")
     tok = build_char_tokenizer(TEXTS)
     write_lang_files(tmp / "lang", tok, {w for t in TEXTS for w in t.split()})
-    torch.manual_seed(0)
-    cfg = W2V2Config(
-        vocab_size=tok.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        conv_dim=(16,) * 7,
-        feat_extract_norm="layer",
-        conv_bias=True,
-        do_stable_layer_norm=True,
-        num_conv_pos_embeddings=16,
-        num_conv_pos_embedding_groups=4,
-    )
-    save_pretrained(W2V2Model(cfg).eval(), tmp / "model")
+    save_tiny_model(tmp / "model", tok.vocab_size, num_hidden_layers=1)
     return tmp, tmp / "lang", tmp / "model"
 
 

@@ -12,14 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
-from model_fixtures import write_char_lang
+from model_fixtures import save_tiny_model, write_char_lang
 
 from distill.bin import build_decode_graph, transcribe
 from distill.data.tokenizer import build_char_tokenizer, write_lang_files
 from distill.decode.audio import AudioError, read_audio, read_wav_list, read_wav_scp, resample
-from distill.models.config import W2V2Config
-from distill.models.wav2vec2 import W2V2Model
 
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
 CLIPS = sorted(LIBRIVOX.glob("*.wav")) if LIBRIVOX.is_dir() else []
@@ -34,28 +31,9 @@ def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("transcribe")
     lang = tmp / "lang"
     tok = write_char_lang(lang, TEXTS)
-    torch.manual_seed(0)
-    cfg = W2V2Config(
-        vocab_size=tok.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        conv_dim=(16,) * 7,
-        feat_extract_norm="layer",
-        conv_bias=True,
-        do_stable_layer_norm=True,
-        num_conv_pos_embeddings=16,
-        num_conv_pos_embedding_groups=4,
-    )
-    model = W2V2Model(cfg).eval()
-    try:
-        from distill.models import save_pretrained  # type: ignore[attr-defined]
-    except ImportError:
-        from distill.models.checkpoint import save_pretrained
-    save_pretrained(model, tmp / "model")
-    torch.manual_seed(0)  # the same architecture trained for streaming: 16-frame chunks, causal positions
-    save_pretrained(W2V2Model(cfg.replace(chunk_frames=16, causal_pos_conv=True)).eval(), tmp / "smodel")
+    save_tiny_model(tmp / "model", tok.vocab_size)
+    # the same architecture trained for streaming: 16-frame chunks, causal positions
+    save_tiny_model(tmp / "smodel", tok.vocab_size, chunk_frames=16, causal_pos_conv=True)
     return tmp, lang, tok
 
 

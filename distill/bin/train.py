@@ -19,7 +19,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from distill.config import ConfigError, format_config, load_config_with_sources
+from distill.config import ConfigError, load_config, show_config
 from distill.data.prep_common import DataPrepError
 from distill.data.tokenizer import TokenizerError
 from distill.models import CheckpointError
@@ -47,12 +47,13 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainStageConfig, str
     if args.overrides:
         src += " (with command-line overrides)"
     try:
-        cfg, sources = load_config_with_sources(TrainStageConfig, args.config, args.overrides)
+        if args.print_config:
+            show_config(TrainStageConfig, args.config, args.overrides)
+        cfg = load_config(TrainStageConfig, args.config, args.overrides)
         check_config(cfg, src)
     except ConfigError as e:
         ap.exit(2, f"error: {e}\n")
     if args.print_config:
-        print(format_config(cfg, sources, args.config), end="")
         raise SystemExit(0)
     return cfg, src
 
