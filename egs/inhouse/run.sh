@@ -22,7 +22,8 @@ nproc=1                # processes (GPUs) per node for training; > 1 runs torchr
 stage1_configs="stage1 stage1_labels_only"   # stage 4: student and its labels-only baseline; add stage1_frame_kl
                        # for the frame-level KL baseline (2.5 min more; its demo result: docs/status.md)
 stage2_configs="stage2 stage2_labels_only"                   # stage 5: streaming student and baseline
-teacher_init=pretrained  # pretrained: import the shipped demo teacher; scratch: retrain it (hours on CPU)
+teacher_init=pretrained  # pretrained: import the shipped demo teacher; scratch: train one on this corpus
+                         # (conf/teacher_scratch.yaml, ~2 h on CPU; the shipped one: demo-teacher/README.md)
 
 help_message="Usage: $0 [options]   (DistillW2V2 on Kaldi-format in-house data, or the demo corpus)"
 . utils/parse_options.sh

@@ -4,7 +4,7 @@
 # data/lang_test). Each variant is one stage-5 run of conf/stage2.yaml (or stage2_labels_only.yaml) with
 # overrides, from the same S_N, into exp/s2v/<name>; then one stage-6 decode of all of them (HLG, the demo
 # test set) writes exp/s2v/RESULTS.md and results.json, next to the demo's stage2 / stage2_labels_only.
-#   local/stage2_variants.sh [--only "name ..."] [--conf-dir conf/tiny]   (about 15 min on 2 idle CPU cores)
+#   local/stage2_variants.sh [--only "name ..."] [--conf-dir conf/tiny]   (about 35 min on 2 idle CPU cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 only=""
@@ -28,6 +28,8 @@ variants=(   # objective.lfmmi_weight is stated in each: the demo's stage2.yaml 
   "hidden-only|stage2|objective.lfmmi_weight=0.0 objective.alpha=0.0"
   "kd-plus-labels|stage2|objective.lfmmi_weight=1.0"
   "dynamic-chunks|stage2|objective.lfmmi_weight=0.0 streaming.chunk_frames=[24,12,48]"
+  "teacher-T|stage2|objective.lfmmi_weight=0.0 teacher=exp/teacher/model"
+  "teacher-T-plus-labels|stage2|objective.lfmmi_weight=1.0 teacher=exp/teacher/model"
   "long480|stage2|objective.lfmmi_weight=0.0 train.max_steps=480"
   "long480-labels-only|stage2_labels_only|train.max_steps=480"
   "long480-kd-plus-labels|stage2|objective.lfmmi_weight=1.0 train.max_steps=480"
