@@ -25,7 +25,7 @@ import pytest
 import soundfile as sf
 import test_train_stages as stages  # noqa: E402  (tests/ is on sys.path under pytest)
 import yaml
-from model_fixtures import save_tiny_model
+from model_fixtures import save_tiny_model, write_char_lang
 from test_recipes import RECIPES, recipe_copy  # noqa: E402
 
 from distill.data import report as R
@@ -89,11 +89,8 @@ def _write_bytes_lines(path: Path, lines: list[str], bom: bool = False) -> None:
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     """A char lang dir and a tiny random wav2vec 2.0 model in Hugging Face format."""
-    from distill.data.tokenizer import build_char_tokenizer, write_lang_files
-
     tmp = tmp_path_factory.mktemp("inputs_model")
-    tok = build_char_tokenizer(TEXTS)
-    write_lang_files(tmp / "lang", tok, {w for t in TEXTS for w in t.split()})
+    tok = write_char_lang(tmp / "lang", TEXTS)
     save_tiny_model(tmp / "model", tok.vocab_size, num_hidden_layers=1)
     return tmp, tmp / "lang", tmp / "model"
 
